@@ -1,0 +1,142 @@
+//! Map layouts shared by the BPF programs (`router-ebpf`) and userspace (`router-user`).
+//!
+//! Every struct is `#[repr(C)]`, padded explicitly and checked by a compile-time size assert,
+//! so both sides agree byte for byte. Addresses are stored as raw network-order words exactly as
+//! the kernel puts them in `bpf_sock_addr.user_ip6`; IPv4 is stored IPv4-mapped
+//! (`::ffff:a.b.c.d`) so one key type serves `connect4` and `connect6`. BPF never converts an
+//! address, it only compares and copies words.
+#![no_std]
+
+/// Pools (virtual addresses) the dataplane can hold.
+pub const MAX_POOLS: u32 = 1024;
+/// Backend ids are `1..MAX_BACKENDS`; id 0 means "no backend" in a selection slot.
+pub const MAX_BACKENDS: u32 = 16384;
+/// Backends one pool may list.
+pub const MAX_BACKENDS_PER_POOL: usize = 256;
+/// Slots in one pool's selection table. A prime (as Maglev and Cilium use) and at least
+/// 64 slots per backend at the per-pool maximum, so weight rounding error stays under ~1%.
+pub const SELECTION_SLOTS: usize = 16381;
+/// Largest weight a backend may carry; weights are relative within one pool.
+pub const MAX_WEIGHT: u32 = 65535;
+/// IP protocol number of TCP, the only protocol pools steer.
+pub const IPPROTO_TCP: u8 = 6;
+
+/// Family tags stored in [`Backend::family`].
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// [`Backend::state`] values.
+pub const BACKEND_ACTIVE: u8 = 0;
+/// Marked down: kept in the map (its connection counts stay readable) but never selected.
+pub const BACKEND_DOWN: u8 = 1;
+/// Removed from its pool; the id is not reused until its live connection count reaches zero.
+pub const BACKEND_RETIRED: u8 = 2;
+
+/// [`SockLb::flags`] bit: the socket's connection has been counted as opened.
+pub const SOCK_COUNTED: u32 = 1;
+
+/// Per-CPU statistics slots in the `STATS` map.
+pub const STAT_CONNECT_TRANSLATED: u32 = 0;
+pub const STAT_CONNECT_REFUSED: u32 = 1;
+pub const STAT_PEER_REWRITTEN: u32 = 2;
+pub const STAT_TABLE_MISS: u32 = 3;
+pub const STAT_STORAGE_FAILED: u32 = 4;
+pub const STAT_COUNT: u32 = 5;
+
+/// Key of the `POOLS` map: a virtual address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PoolKey {
+    /// IPv6 address words in network order; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u32; 4],
+    /// Port in network byte order.
+    pub port_be: u16,
+    /// IP protocol, [`IPPROTO_TCP`].
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the `POOLS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PoolInfo {
+    /// Index of this pool's selection table in the `SELECTION` outer array.
+    pub pool_id: u32,
+    /// Number of filled slots in the table; 0 means "no eligible backend": refuse connects.
+    pub active_slots: u32,
+    /// Bumped on every table swap, for `show` and debugging.
+    pub generation: u32,
+    /// Family of the pool's backends ([`FAMILY_V4`] or [`FAMILY_V6`]).
+    pub family: u32,
+}
+
+/// Value of the `BACKENDS` map, keyed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Address words as in [`PoolKey::addr`].
+    pub addr: [u32; 4],
+    /// Port in network byte order.
+    pub port_be: u16,
+    /// [`BACKEND_ACTIVE`], [`BACKEND_DOWN`] or [`BACKEND_RETIRED`].
+    pub state: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Pool the backend belongs to.
+    pub pool_id: u32,
+    /// Weight the table was built with (informational for BPF; userspace builds the table).
+    pub weight: u32,
+    pub _rsvd: u32,
+}
+
+/// Per-socket state (socket-local storage): what `connect` chose, for `getpeername` and counting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockLb {
+    /// Virtual address the application dialled.
+    pub vip: [u32; 4],
+    /// Backend address written into the socket.
+    pub backend: [u32; 4],
+    pub vport_be: u16,
+    pub bport_be: u16,
+    pub backend_id: u32,
+    /// [`SOCK_COUNTED`] once `opened` was incremented for this socket.
+    pub flags: u32,
+    pub _rsvd: u32,
+}
+
+/// Value of the `CONNS` array, indexed by backend id. Monotonic, so restarts never lose it:
+/// live connections = `opened - closed`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnCount {
+    pub opened: u64,
+    pub closed: u64,
+}
+
+impl ConnCount {
+    /// Connections currently established through this backend.
+    pub const fn live(&self) -> u64 {
+        self.opened.saturating_sub(self.closed)
+    }
+}
+
+/// One pool's selection table: slot -> backend id (0 = empty).
+pub type SelectionTable = [u32; SELECTION_SLOTS];
+
+const _: () = assert!(core::mem::size_of::<PoolKey>() == 20);
+const _: () = assert!(core::mem::size_of::<PoolInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<SockLb>() == 48);
+const _: () = assert!(core::mem::size_of::<ConnCount>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all types are repr(C), Copy, with explicit padding and no pointers, so any
+    // byte pattern the kernel hands back is a valid value.
+    unsafe impl aya::Pod for super::PoolKey {}
+    unsafe impl aya::Pod for super::PoolInfo {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::SockLb {}
+    unsafe impl aya::Pod for super::ConnCount {}
+}

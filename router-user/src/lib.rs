@@ -2,7 +2,11 @@
 //!
 //! The library holds every part; `main.rs` only calls [`cli::main`]. Modules by concept:
 //! - [`dataplane`]: eBPF connect-time steering (load, pin, program pools, read counts).
+//! - [`telemetry`]: the normalised endpoint-load and GPU records every part shares.
+//! - [`clock`]: real and virtual time (the cluster simulation drives the same code).
 //! - [`cli`]: the `switchyard` command line.
 pub mod cli;
+pub mod clock;
 pub mod dataplane;
 pub mod logging;
+pub mod telemetry;

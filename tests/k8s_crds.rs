@@ -16,7 +16,10 @@ fn repo_root() -> PathBuf {
 
 /// Every directory that ships the CRDs.
 fn crd_dirs() -> Vec<PathBuf> {
-    vec![repo_root().join("deploy/crds")]
+    vec![
+        repo_root().join("deploy/crds"),
+        repo_root().join("deploy/helm/switchyard/crds"),
+    ]
 }
 
 #[test]

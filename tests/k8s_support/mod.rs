@@ -8,6 +8,8 @@
 //! rules in deploy/ must cover exactly those).
 #![allow(dead_code)]
 
+pub mod gotmpl;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Service,
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_support::gotmpl::{Chart, documents};
-use k8s_support::{FakeApiServer, Resource, pod, pool, wait_for};
+use k8s_support::{FakeApiServer, wait_for};
 use serde::de::DeserializeOwned;
 use serde_json::{Value as Json, json};
 use switchyard::k8s::api::{
@@ -515,18 +515,12 @@ fn granted(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
 /// The API calls the EPP and agent watchers make against a live (fake) API server.
 async fn watcher_calls() -> (Vec<k8s_support::Call>, Vec<k8s_support::Call>) {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::InferencePools,
-        pool(
-            "pool",
-            "llm",
-            json!({"selector": {"matchLabels": {"app": "x"}}, "targetPorts": [{"number": 8000}]}),
-        ),
+    api.apply_pool(
+        "pool",
+        "llm",
+        json!({"selector": {"matchLabels": {"app": "x"}}, "targetPorts": [{"number": 8000}]}),
     );
-    api.apply(
-        Resource::Pods,
-        pod("p", "llm", Some("10.0.0.1"), true, json!({"app": "x"})),
-    );
+    api.apply_pod("p", "llm", Some("10.0.0.1"), true, json!({"app": "x"}));
     let mut config = PoolWatchConfig::new("pool", "llm");
     config.debounce = Duration::from_millis(10);
     let (mut rx, _task) = run_pool_watcher(client, config);

@@ -30,6 +30,20 @@ fn node_pod(name: &str, namespace: &str, node: &str, ip: &str, container_id: &st
     pod
 }
 
+fn add_node_pod(
+    api: &FakeApiServer,
+    name: &str,
+    namespace: &str,
+    node: &str,
+    ip: &str,
+    container_id: &str,
+) {
+    api.apply(
+        Resource::Pods,
+        node_pod(name, namespace, node, ip, container_id),
+    );
+}
+
 fn names(pods: &NodePods) -> Vec<String> {
     pods.pods
         .iter()
@@ -40,18 +54,23 @@ fn names(pods: &NodePods) -> Vec<String> {
 #[tokio::test]
 async fn only_this_nodes_pods_with_container_ids() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::Pods,
-        node_pod("vllm-0", "llm", "node-a", "10.1.0.5", "containerd://abc123"),
+    add_node_pod(
+        &api,
+        "vllm-0",
+        "llm",
+        "node-a",
+        "10.1.0.5",
+        "containerd://abc123",
     );
-    api.apply(
-        Resource::Pods,
-        node_pod("sgl-0", "other", "node-a", "10.1.0.6", "cri-o://def456"),
+    add_node_pod(
+        &api,
+        "sgl-0",
+        "other",
+        "node-a",
+        "10.1.0.6",
+        "cri-o://def456",
     );
-    api.apply(
-        Resource::Pods,
-        node_pod("far", "llm", "node-b", "10.2.0.5", "containerd://zzz"),
-    );
+    add_node_pod(&api, "far", "llm", "node-b", "10.2.0.5", "containerd://zzz");
     let (mut rx, _task) = run_node_pod_watcher(client, config());
     assert!(!rx.borrow().synced);
     let pods = wait_for(&mut rx, "synced", |p| p.synced).await;
@@ -93,21 +112,12 @@ async fn churn_on_the_node() {
     let pods = wait_for(&mut rx, "synced", |p| p.synced).await;
     assert!(pods.pods.is_empty());
 
-    api.apply(
-        Resource::Pods,
-        node_pod("a", "llm", "node-a", "10.1.0.5", "containerd://one"),
-    );
-    api.apply(
-        Resource::Pods,
-        node_pod("b", "llm", "node-b", "10.2.0.5", "containerd://two"),
-    );
+    add_node_pod(&api, "a", "llm", "node-a", "10.1.0.5", "containerd://one");
+    add_node_pod(&api, "b", "llm", "node-b", "10.2.0.5", "containerd://two");
     wait_for(&mut rx, "pod a", |p| names(p) == ["llm/a"]).await;
 
     // Container restarted: new ID.
-    api.apply(
-        Resource::Pods,
-        node_pod("a", "llm", "node-a", "10.1.0.5", "containerd://three"),
-    );
+    add_node_pod(&api, "a", "llm", "node-a", "10.1.0.5", "containerd://three");
     let pods = wait_for(&mut rx, "new container id", |p| {
         p.by_container_id("three").is_some()
     })
@@ -121,10 +131,7 @@ async fn churn_on_the_node() {
 #[tokio::test]
 async fn failed_lists_are_retried() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::Pods,
-        node_pod("a", "llm", "node-a", "10.1.0.5", "containerd://one"),
-    );
+    add_node_pod(&api, "a", "llm", "node-a", "10.1.0.5", "containerd://one");
     api.fail_lists(Resource::Pods, 1);
     let (mut rx, _task) = run_node_pod_watcher(client, config());
     let pods = wait_for(&mut rx, "synced after a failure", |p| p.synced).await;

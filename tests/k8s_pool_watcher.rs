@@ -4,7 +4,7 @@ mod k8s_support;
 
 use std::time::Duration;
 
-use k8s_support::{FakeApiServer, Resource, objective, pod, pool, wait_for, wait_until};
+use k8s_support::{FakeApiServer, Resource, objective, pool, wait_for, wait_until};
 use serde_json::{Value, json};
 use switchyard::k8s::api::{AppProtocol, FailureMode};
 use switchyard::k8s::{PoolHealth, PoolState, PoolWatchConfig, run_pool_watcher};
@@ -40,40 +40,19 @@ fn ready(state: &PoolState) -> bool {
 #[tokio::test]
 async fn initial_sync_publishes_the_whole_pool() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
+    api.apply_pool("another-pool", NS, spec(&[9000], "vllm"));
+    api.apply_pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"}));
+    api.apply_pod("b", NS, Some("10.0.0.2"), false, json!({"app": "vllm"}));
+    api.apply_pod("c", NS, Some("10.0.0.3"), true, json!({"app": "other"}));
+    api.apply_pod(
+        "d",
+        "elsewhere",
+        Some("10.0.0.4"),
+        true,
+        json!({"app": "vllm"}),
     );
-    api.apply(
-        Resource::InferencePools,
-        pool("another-pool", NS, spec(&[9000], "vllm")),
-    );
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"})),
-    );
-    api.apply(
-        Resource::Pods,
-        pod("b", NS, Some("10.0.0.2"), false, json!({"app": "vllm"})),
-    );
-    api.apply(
-        Resource::Pods,
-        pod("c", NS, Some("10.0.0.3"), true, json!({"app": "other"})),
-    );
-    api.apply(
-        Resource::Pods,
-        pod(
-            "d",
-            "elsewhere",
-            Some("10.0.0.4"),
-            true,
-            json!({"app": "vllm"}),
-        ),
-    );
-    api.apply(
-        Resource::InferenceObjectives,
-        objective("critical", NS, "pool", Some(5)),
-    );
+    api.apply_objective("critical", NS, "pool", Some(5));
 
     let (mut rx, _task) = run_pool_watcher(client, config());
     assert_eq!(rx.borrow().health, PoolHealth::Syncing);
@@ -121,61 +100,37 @@ async fn initial_sync_publishes_the_whole_pool() {
 #[tokio::test]
 async fn pod_churn_reaches_the_state() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
     let (mut rx, _task) = run_pool_watcher(client, config());
     let state = wait_for(&mut rx, "an empty ready pool", ready).await;
     assert!(state.endpoints.is_empty());
 
     // Added, not ready yet.
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.1"), false, json!({"app": "vllm"})),
-    );
+    api.apply_pod("a", NS, Some("10.0.0.1"), false, json!({"app": "vllm"}));
     wait_for(&mut rx, "unready endpoint", |s| {
         addrs(s) == [("10.0.0.1:8000".into(), false)]
     })
     .await;
     // Readiness flips.
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"})),
-    );
+    api.apply_pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"}));
     wait_for(&mut rx, "ready endpoint", |s| {
         addrs(s) == [("10.0.0.1:8000".into(), true)]
     })
     .await;
     // A pod without an IP yet contributes nothing; an unrelated pod is ignored.
-    api.apply(
-        Resource::Pods,
-        pod("b", NS, None, false, json!({"app": "vllm"})),
-    );
-    api.apply(
-        Resource::Pods,
-        pod("x", NS, Some("10.0.0.9"), true, json!({"app": "web"})),
-    );
+    api.apply_pod("b", NS, None, false, json!({"app": "vllm"}));
+    api.apply_pod("x", NS, Some("10.0.0.9"), true, json!({"app": "web"}));
     // IP change (pod re-created under the same name).
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.7"), true, json!({"app": "vllm"})),
-    );
+    api.apply_pod("a", NS, Some("10.0.0.7"), true, json!({"app": "vllm"}));
     let state = wait_for(&mut rx, "new IP", |s| {
         addrs(s) == [("10.0.0.7:8000".into(), true)]
     })
     .await;
     assert_eq!(state.endpoints[0].pod_name, "a");
     // Labels change so the pod leaves the pool.
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.7"), true, json!({"app": "moved"})),
-    );
+    api.apply_pod("a", NS, Some("10.0.0.7"), true, json!({"app": "moved"}));
     wait_for(&mut rx, "pod left by label", |s| s.endpoints.is_empty()).await;
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.7"), true, json!({"app": "vllm"})),
-    );
+    api.apply_pod("a", NS, Some("10.0.0.7"), true, json!({"app": "vllm"}));
     wait_for(&mut rx, "pod back", |s| s.endpoints.len() == 1).await;
     // Deleted.
     assert!(api.delete(Resource::Pods, NS, "a"));
@@ -186,18 +141,9 @@ async fn pod_churn_reaches_the_state() {
 #[tokio::test]
 async fn pool_edits_change_selection_and_ports() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
-    api.apply(
-        Resource::Pods,
-        pod("v", NS, Some("10.0.0.1"), true, json!({"app": "vllm"})),
-    );
-    api.apply(
-        Resource::Pods,
-        pod("s", NS, Some("10.0.0.2"), true, json!({"app": "sglang"})),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
+    api.apply_pod("v", NS, Some("10.0.0.1"), true, json!({"app": "vllm"}));
+    api.apply_pod("s", NS, Some("10.0.0.2"), true, json!({"app": "sglang"}));
     let (mut rx, _task) = run_pool_watcher(client, config());
     wait_for(&mut rx, "vllm pod", |s| {
         addrs(s) == [("10.0.0.1:8000".into(), true)]
@@ -241,29 +187,14 @@ async fn pool_edits_change_selection_and_ports() {
 #[tokio::test]
 async fn objective_changes_reach_the_state() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
     let (mut rx, _task) = run_pool_watcher(client, config());
     wait_for(&mut rx, "ready pool", ready).await;
 
-    api.apply(
-        Resource::InferenceObjectives,
-        objective("chat", NS, "pool", Some(10)),
-    );
-    api.apply(
-        Resource::InferenceObjectives,
-        objective("batch", NS, "pool", Some(-1)),
-    );
-    api.apply(
-        Resource::InferenceObjectives,
-        objective("default", NS, "pool", None),
-    );
-    api.apply(
-        Resource::InferenceObjectives,
-        objective("theirs", NS, "other", Some(99)),
-    );
+    api.apply_objective("chat", NS, "pool", Some(10));
+    api.apply_objective("batch", NS, "pool", Some(-1));
+    api.apply_objective("default", NS, "pool", None);
+    api.apply_objective("theirs", NS, "other", Some(99));
     let state = wait_for(&mut rx, "three objectives", |s| s.objectives.len() == 3).await;
     assert_eq!(
         (
@@ -275,17 +206,11 @@ async fn objective_changes_reach_the_state() {
     );
     assert_eq!(state.priority_of("theirs"), 0);
 
-    api.apply(
-        Resource::InferenceObjectives,
-        objective("chat", NS, "pool", Some(20)),
-    );
+    api.apply_objective("chat", NS, "pool", Some(20));
     wait_for(&mut rx, "priority edit", |s| s.priority_of("chat") == 20).await;
 
     // Moved to another pool, then deleted.
-    api.apply(
-        Resource::InferenceObjectives,
-        objective("batch", NS, "other", Some(-1)),
-    );
+    api.apply_objective("batch", NS, "other", Some(-1));
     wait_for(&mut rx, "objective moved away", |s| {
         !s.objectives.contains_key("batch")
     })
@@ -314,11 +239,8 @@ async fn invalid_pool_is_an_error_state_not_a_crash() {
     let (client, api) = FakeApiServer::start();
     let mut invalid = spec(&[8000, 8000], "vllm");
     invalid["endpointPickerRef"] = json!({"name": "epp"});
-    api.apply(Resource::InferencePools, pool("pool", NS, invalid));
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"})),
-    );
+    api.apply_pool("pool", NS, invalid);
+    api.apply_pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"}));
     let (mut rx, task) = run_pool_watcher(client, config());
     let state = wait_for(&mut rx, "invalid pool", |s| {
         matches!(s.health, PoolHealth::Invalid(_))
@@ -332,10 +254,7 @@ async fn invalid_pool_is_an_error_state_not_a_crash() {
     assert!(state.endpoints.is_empty() && state.pool.is_none());
 
     // Fixed: served.
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
     wait_for(&mut rx, "fixed pool", |s| {
         ready(s) && s.endpoints.len() == 1
     })
@@ -344,7 +263,7 @@ async fn invalid_pool_is_an_error_state_not_a_crash() {
     // Broken in a way that does not even decode: still a clean error state.
     let mut undecodable = spec(&[8000], "vllm");
     undecodable["appProtocol"] = json!("grpc");
-    api.apply(Resource::InferencePools, pool("pool", NS, undecodable));
+    api.apply_pool("pool", NS, undecodable);
     let state = wait_for(&mut rx, "undecodable pool", |s| {
         matches!(s.health, PoolHealth::Invalid(_))
     })
@@ -360,18 +279,9 @@ async fn invalid_pool_is_an_error_state_not_a_crash() {
 #[tokio::test]
 async fn pool_deletion_empties_the_endpoint_set() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"})),
-    );
-    api.apply(
-        Resource::InferenceObjectives,
-        objective("chat", NS, "pool", Some(3)),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
+    api.apply_pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"}));
+    api.apply_objective("chat", NS, "pool", Some(3));
     let (mut rx, task) = run_pool_watcher(client, config());
     wait_for(&mut rx, "ready pool", |s| {
         ready(s) && s.endpoints.len() == 1
@@ -383,10 +293,7 @@ async fn pool_deletion_empties_the_endpoint_set() {
     assert!(state.endpoints.is_empty() && state.pool.is_none() && state.objectives.is_empty());
     assert!(!task.is_finished());
 
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
     let state = wait_for(&mut rx, "pool back", |s| ready(s) && s.endpoints.len() == 1).await;
     assert_eq!(state.priority_of("chat"), 3);
 }
@@ -394,31 +301,19 @@ async fn pool_deletion_empties_the_endpoint_set() {
 #[tokio::test]
 async fn missing_pool_at_start_is_not_found() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"})),
-    );
+    api.apply_pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"}));
     let (mut rx, _task) = run_pool_watcher(client, config());
     let state = wait_for(&mut rx, "not found", |s| s.health == PoolHealth::NotFound).await;
     assert!(state.endpoints.is_empty());
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
     wait_for(&mut rx, "created", |s| ready(s) && s.endpoints.len() == 1).await;
 }
 
 #[tokio::test]
 async fn failed_lists_are_retried() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
-    api.apply(
-        Resource::Pods,
-        pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"})),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
+    api.apply_pod("a", NS, Some("10.0.0.1"), true, json!({"app": "vllm"}));
     api.fail_lists(Resource::Pods, 2);
     let (mut rx, _task) = run_pool_watcher(client, config());
     // No state is published from a partial read: Syncing until the pods list succeeds.
@@ -435,10 +330,7 @@ async fn failed_lists_are_retried() {
 #[tokio::test]
 async fn a_burst_of_changes_is_published_once() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
     let mut config = config();
     // A wide window: the point is coalescing, not speed.
     config.debounce = Duration::from_millis(500);
@@ -447,10 +339,7 @@ async fn a_burst_of_changes_is_published_once() {
     for i in 0..30 {
         let name = format!("p{i}");
         let ip = format!("10.0.1.{i}");
-        api.apply(
-            Resource::Pods,
-            pod(&name, NS, Some(&ip), true, json!({"app": "vllm"})),
-        );
+        api.apply_pod(&name, NS, Some(&ip), true, json!({"app": "vllm"}));
     }
     let state = wait_for(&mut rx, "30 endpoints", |s| s.endpoints.len() == 30).await;
     assert!(
@@ -463,10 +352,7 @@ async fn a_burst_of_changes_is_published_once() {
 #[tokio::test]
 async fn watcher_stops_when_every_receiver_is_gone() {
     let (client, api) = FakeApiServer::start();
-    api.apply(
-        Resource::InferencePools,
-        pool("pool", NS, spec(&[8000], "vllm")),
-    );
+    api.apply_pool("pool", NS, spec(&[8000], "vllm"));
     let (mut rx, task) = run_pool_watcher(client, config());
     wait_for(&mut rx, "ready", ready).await;
     wait_until("three open watches", || api.open_watches() == 3).await;

@@ -117,6 +117,31 @@ impl FakeApiServer {
         state.emit(rv, resource, kind, object);
     }
 
+    /// Applies [`pod`]`(args)`.
+    pub fn apply_pod(
+        &self,
+        name: &str,
+        namespace: &str,
+        ip: Option<&str>,
+        ready: bool,
+        labels: Value,
+    ) {
+        self.apply(Resource::Pods, pod(name, namespace, ip, ready, labels));
+    }
+
+    /// Applies [`pool`]`(args)`.
+    pub fn apply_pool(&self, name: &str, namespace: &str, spec: Value) {
+        self.apply(Resource::InferencePools, pool(name, namespace, spec));
+    }
+
+    /// Applies [`objective`]`(args)`.
+    pub fn apply_objective(&self, name: &str, namespace: &str, pool: &str, priority: Option<i64>) {
+        self.apply(
+            Resource::InferenceObjectives,
+            objective(name, namespace, pool, priority),
+        );
+    }
+
     /// Deletes an object (DELETED to matching watches). Returns whether it existed.
     pub fn delete(&self, resource: Resource, namespace: &str, name: &str) -> bool {
         let mut state = self.state.lock();

@@ -3,10 +3,12 @@
 //! The library holds every part; `main.rs` only calls [`cli::main`]. Modules by concept:
 //! - [`dataplane`]: eBPF connect-time steering (load, pin, program pools, read counts).
 //! - [`telemetry`]: the normalised endpoint-load and GPU records every part shares.
+//! - [`k8s`]: InferencePool / InferenceObjective resources, CRDs, cluster watchers.
 //! - [`clock`]: real and virtual time (the cluster simulation drives the same code).
 //! - [`cli`]: the `switchyard` command line.
 pub mod cli;
 pub mod clock;
 pub mod dataplane;
+pub mod k8s;
 pub mod logging;
 pub mod telemetry;

@@ -13,22 +13,18 @@
 //! they fail.
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::{self, JoinHandle},
+    thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use switchyard::dataplane::{
     BackendSpec, BackendState, Dataplane, DataplaneConfig, DataplaneError, Origin,
-    cgroup::TempCgroup,
+    cgroup::TempCgroup, probe::BannerServer,
 };
 
 const SWITCHYARD: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -203,61 +199,17 @@ impl Probe {
     }
 }
 
-/// A loopback TCP server that sends `<name>\n` to each client and closes.
-struct TestBackend {
-    name: String,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl TestBackend {
-    fn start(name: &str, bind: &str) -> Self {
-        let listener = TcpListener::bind(bind).expect("bind a test backend");
-        let addr = listener.local_addr().expect("local addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let banner = format!("{name}\n");
-        let thread = {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Ok(mut stream) = stream {
-                        let _ = stream.write_all(banner.as_bytes());
-                    }
-                }
-            })
-        };
-        Self {
-            name: name.into(),
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn spec(&self, weight: u32) -> BackendSpec {
-        BackendSpec::new(self.addr, weight)
-    }
-}
-
-impl Drop for TestBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+fn spec(backend: &BannerServer, weight: u32) -> BackendSpec {
+    BackendSpec::new(backend.addr(), weight)
 }
 
 /// Four backends on distinct loopback addresses.
-fn v4_backends() -> Vec<TestBackend> {
+fn v4_backends() -> Vec<BannerServer> {
     (1..=4)
-        .map(|i| TestBackend::start(&format!("b{i}"), &format!("127.0.0.{i}:0")))
+        .map(|i| {
+            BannerServer::start(&format!("b{i}"), addr(&format!("127.0.0.{i}:0")))
+                .expect("start a test backend")
+        })
         .collect()
 }
 
@@ -290,15 +242,15 @@ fn distribution_over_10000_connects_matches_the_weights() {
     let backends = v4_backends();
     let mut dp = fx.load();
     let vip = addr("10.96.7.10:80");
-    let mut down = backends[3].spec(5);
+    let mut down = spec(&backends[3], 5);
     down.down = true;
     let status = dp
         .set_pool(
             vip,
             &[
-                backends[0].spec(3),
-                backends[1].spec(1),
-                backends[2].spec(0),
+                spec(&backends[0], 3),
+                spec(&backends[1], 1),
+                spec(&backends[2], 0),
                 down,
             ],
         )
@@ -315,16 +267,16 @@ fn distribution_over_10000_connects_matches_the_weights() {
     dp.set_pool(
         vip,
         &[
-            backends[0].spec(3),
-            backends[1].spec(1),
-            backends[2].spec(0),
-            backends[3].spec(2),
+            spec(&backends[0], 3),
+            spec(&backends[1], 1),
+            spec(&backends[2], 0),
+            spec(&backends[3], 2),
         ],
     )
     .expect("set_pool");
     let shares = dp.table_shares(vip).expect("table shares");
     assert!(
-        !shares.contains_key(&backends[2].addr),
+        !shares.contains_key(&backends[2].addr()),
         "weight 0 holds no slot"
     );
     let total_slots: usize = shares.values().sum();
@@ -333,14 +285,14 @@ fn distribution_over_10000_connects_matches_the_weights() {
     let probe = fx.probe(vip, n);
     assert_eq!(probe.connected, u64::from(n), "errors: {:?}", probe.errors);
     assert_eq!(
-        probe.banner(&backends[2].name),
+        probe.banner(backends[2].name()),
         0,
         "weight 0 must never be picked"
     );
     let mut chi2 = 0.0;
     for b in [&backends[0], &backends[1], &backends[3]] {
-        let expected = f64::from(n) * shares[&b.addr] as f64 / total_slots as f64;
-        let observed = probe.banner(&b.name) as f64;
+        let expected = f64::from(n) * shares[&b.addr()] as f64 / total_slots as f64;
+        let observed = probe.banner(b.name()) as f64;
         chi2 += (observed - expected).powi(2) / expected;
     }
     assert!(
@@ -354,12 +306,12 @@ fn distribution_over_10000_connects_matches_the_weights() {
         assert_eq!(
             probe
                 .steered_to
-                .get(&b.addr.to_string())
+                .get(&b.addr().to_string())
                 .copied()
                 .unwrap_or(0),
-            probe.banner(&b.name),
+            probe.banner(b.name()),
             "socket storage disagrees with the server for {}",
-            b.name
+            b.name()
         );
     }
 }
@@ -373,12 +325,17 @@ fn weight_zero_and_down_backends_are_never_chosen() {
     let backends = v4_backends();
     let mut dp = fx.load();
     let vip = addr("10.96.7.11:80");
-    let mut down = backends[1].spec(1000);
+    let mut down = spec(&backends[1], 1000);
     down.down = true;
-    dp.set_pool(vip, &[backends[0].spec(1), down, backends[2].spec(0)])
+    dp.set_pool(vip, &[spec(&backends[0], 1), down, spec(&backends[2], 0)])
         .expect("set_pool");
     let probe = fx.probe(vip, 2000);
-    assert_eq!(probe.banner(&backends[0].name), 2000, "{:?}", probe.banners);
+    assert_eq!(
+        probe.banner(backends[0].name()),
+        2000,
+        "{:?}",
+        probe.banners
+    );
 }
 
 #[test]
@@ -391,16 +348,18 @@ fn updates_take_effect_on_the_next_connect_and_noop_updates_write_nothing() {
     let mut dp = fx.load();
     let vip = addr("10.96.7.12:80");
 
-    let first = dp.set_pool(vip, &[backends[0].spec(1)]).expect("set_pool");
-    assert_eq!(fx.probe(vip, 50).banner(&backends[0].name), 50);
+    let first = dp
+        .set_pool(vip, &[spec(&backends[0], 1)])
+        .expect("set_pool");
+    assert_eq!(fx.probe(vip, 50).banner(backends[0].name()), 50);
 
     let second = dp
-        .set_pool(vip, &[backends[0].spec(1), backends[1].spec(1)])
+        .set_pool(vip, &[spec(&backends[0], 1), spec(&backends[1], 1)])
         .expect("set_pool");
     assert_eq!(second.generation, first.generation + 1);
     // Same backends again: nothing written, generation kept.
     let same = dp
-        .set_pool(vip, &[backends[1].spec(1), backends[0].spec(1)])
+        .set_pool(vip, &[spec(&backends[1], 1), spec(&backends[0], 1)])
         .expect("set_pool");
     assert!(!same.changed && !same.table_swapped, "{same:?}");
     assert_eq!(same.generation, second.generation);
@@ -408,15 +367,17 @@ fn updates_take_effect_on_the_next_connect_and_noop_updates_write_nothing() {
     assert_eq!(same.backends, second.backends);
 
     // Switch everything to b2 (b1 marked down): the very next connects go to b2.
-    let mut b1_down = backends[0].spec(1);
+    let mut b1_down = spec(&backends[0], 1);
     b1_down.down = true;
-    dp.set_pool(vip, &[b1_down, backends[1].spec(1)])
+    dp.set_pool(vip, &[b1_down, spec(&backends[1], 1)])
         .expect("set_pool");
     let probe = fx.probe(vip, 50);
-    assert_eq!(probe.banner(&backends[1].name), 50, "{:?}", probe.banners);
+    assert_eq!(probe.banner(backends[1].name()), 50, "{:?}", probe.banners);
 
     // Remove b1 entirely: it is retired (listed while draining), b2 keeps its id.
-    let status = dp.set_pool(vip, &[backends[1].spec(1)]).expect("set_pool");
+    let status = dp
+        .set_pool(vip, &[spec(&backends[1], 1)])
+        .expect("set_pool");
     assert_eq!(status.backends[0].id, second.backends[1].id);
     let pool = dp
         .pools()
@@ -427,7 +388,7 @@ fn updates_take_effect_on_the_next_connect_and_noop_updates_write_nothing() {
     let b1 = pool
         .backends
         .iter()
-        .find(|b| b.addr == backends[0].addr)
+        .find(|b| b.addr == backends[0].addr())
         .expect("b1 listed");
     assert_eq!(b1.state, BackendState::Retired);
 
@@ -448,7 +409,7 @@ fn getpeername_shows_the_vip_and_live_counts_rise_and_fall() {
     let backends = v4_backends();
     let mut dp = fx.load();
     let vip = addr("10.96.7.13:80");
-    dp.set_pool(vip, &[backends[0].spec(1), backends[1].spec(1)])
+    dp.set_pool(vip, &[spec(&backends[0], 1), spec(&backends[1], 1)])
         .expect("set_pool");
     let before = dp.stats().expect("stats");
 
@@ -484,14 +445,19 @@ fn getpeername_shows_the_vip_and_live_counts_rise_and_fall() {
     let counts = dp.connection_counts().expect("counts");
     let live: u64 = backends
         .iter()
-        .map(|b| counts.get(&b.addr).map_or(0, |c| c.live()))
+        .map(|b| counts.get(&b.addr()).map_or(0, |c| c.live()))
         .sum();
     assert_eq!(live, held as u64, "{counts:?}");
     for b in &backends[..2] {
-        let steered = report["steered_to"][b.addr.to_string()]
+        let steered = report["steered_to"][b.addr().to_string()]
             .as_u64()
             .unwrap_or(0);
-        assert_eq!(counts[&b.addr].live(), steered, "live count of {}", b.addr);
+        assert_eq!(
+            counts[&b.addr()].live(),
+            steered,
+            "live count of {}",
+            b.addr()
+        );
     }
 
     drop(child.stdin.take()); // end of stdin: the probe closes every connection
@@ -501,7 +467,7 @@ fn getpeername_shows_the_vip_and_live_counts_rise_and_fall() {
         let counts = dp.connection_counts().expect("counts");
         backends
             .iter()
-            .all(|b| counts.get(&b.addr).is_none_or(|c| c.live() == 0))
+            .all(|b| counts.get(&b.addr()).is_none_or(|c| c.live() == 0))
     });
     let counts = dp.connection_counts().expect("counts");
     let opened: u64 = counts.values().map(|c| c.opened).sum();
@@ -522,9 +488,9 @@ fn a_pool_without_eligible_backends_refuses_with_econnrefused() {
     let mut dp = fx.load();
     // 10.96/16 is not ours: if the dataplane let this through, the connect would not be refused.
     let vip = addr("10.96.7.14:80");
-    let mut down = backends[0].spec(1);
+    let mut down = spec(&backends[0], 1);
     down.down = true;
-    dp.set_pool(vip, &[down, backends[1].spec(0)])
+    dp.set_pool(vip, &[down, spec(&backends[1], 0)])
         .expect("set_pool");
     let before = dp.stats().expect("stats");
     let probe = fx.probe(vip, 20);
@@ -534,9 +500,9 @@ fn a_pool_without_eligible_backends_refuses_with_econnrefused() {
         20
     );
     // Bringing a backend up serves the next connect.
-    dp.set_pool(vip, &[backends[0].spec(1), backends[1].spec(0)])
+    dp.set_pool(vip, &[spec(&backends[0], 1), spec(&backends[1], 0)])
         .expect("set_pool");
-    assert_eq!(fx.probe(vip, 10).banner(&backends[0].name), 10);
+    assert_eq!(fx.probe(vip, 10).banner(backends[0].name()), 10);
 }
 
 /// The first agent is a separate process that exits; steering continues with no userspace
@@ -552,8 +518,8 @@ fn steering_survives_the_agent_exiting_and_a_new_one_adopts_the_pins() {
     let cgroup = fx.cgroup().to_string_lossy().into_owned();
     let out = fx.cli_ok(&["attach", "--cgroup", &cgroup]);
     assert!(out.starts_with("attached"), "{out}");
-    let b1 = format!("{}=3", backends[0].addr);
-    let b2 = format!("{}=1", backends[1].addr);
+    let b1 = format!("{}=3", backends[0].addr());
+    let b2 = format!("{}=1", backends[1].addr());
     fx.cli_ok(&[
         "set-pool",
         "--vip",
@@ -568,7 +534,7 @@ fn steering_survives_the_agent_exiting_and_a_new_one_adopts_the_pins() {
     let probe = fx.probe(vip, 400);
     assert_eq!(probe.connected, 400, "{probe:?}");
     assert_eq!(
-        probe.banner(&backends[0].name) + probe.banner(&backends[1].name),
+        probe.banner(backends[0].name()) + probe.banner(backends[1].name()),
         400
     );
 
@@ -589,14 +555,15 @@ fn steering_survives_the_agent_exiting_and_a_new_one_adopts_the_pins() {
 
     // The adopter's cache starts empty and must not disturb the ids the first agent chose.
     let status = dp
-        .set_pool(vip, &[backends[0].spec(3), backends[1].spec(1)])
+        .set_pool(vip, &[spec(&backends[0], 3), spec(&backends[1], 1)])
         .expect("set_pool");
     assert!(
         !status.changed,
         "same pool through a new agent is a no-op: {status:?}"
     );
-    dp.set_pool(vip, &[backends[2].spec(1)]).expect("set_pool");
-    assert_eq!(fx.probe(vip, 30).banner(&backends[2].name), 30);
+    dp.set_pool(vip, &[spec(&backends[2], 1)])
+        .expect("set_pool");
+    assert_eq!(fx.probe(vip, 30).banner(backends[2].name()), 30);
 }
 
 /// Pins of another build (simulated by clearing the recorded object hash) are replaced
@@ -610,7 +577,8 @@ fn load_replaces_the_programs_of_another_build_without_a_gap() {
     let backends = v4_backends();
     let vip = addr("10.96.7.16:80");
     let mut dp = fx.load();
-    dp.set_pool(vip, &[backends[0].spec(1)]).expect("set_pool");
+    dp.set_pool(vip, &[spec(&backends[0], 1)])
+        .expect("set_pool");
     let link_path = fx.pin_root.join("v1/links/connect4");
     let old_prog = {
         let link = aya::programs::links::PinnedLink::from_pin(&link_path).expect("link pin");
@@ -641,7 +609,7 @@ fn load_replaces_the_programs_of_another_build_without_a_gap() {
         .find(|p| p.vip == vip)
         .expect("pool kept");
     assert_eq!(pool.backends.len(), 1);
-    assert_eq!(fx.probe(vip, 20).banner(&backends[0].name), 20);
+    assert_eq!(fx.probe(vip, 20).banner(backends[0].name()), 20);
     eventually("the old program is freed", || {
         aya::programs::loaded_programs()
             .filter_map(Result::ok)
@@ -661,11 +629,11 @@ fn bad_set_pool_input_is_rejected_clearly_and_keeps_the_previous_table() {
     let vip = addr("10.96.7.17:80");
     let mut dp = fx.load();
     let good = dp
-        .set_pool(vip, &[backends[0].spec(2), backends[1].spec(1)])
+        .set_pool(vip, &[spec(&backends[0], 2), spec(&backends[1], 1)])
         .expect("set_pool");
     let shares_before = dp.table_shares(vip).expect("shares");
     let vip_text = vip.to_string();
-    let b1 = format!("{}=1", backends[0].addr);
+    let b1 = format!("{}=1", backends[0].addr());
 
     let many: Vec<String> = (0..257)
         .map(|i| format!("--backend=127.0.1.{}:{}=1", i % 250 + 1, 1000 + i))
@@ -771,7 +739,7 @@ fn bad_set_pool_input_is_rejected_clearly_and_keeps_the_previous_table() {
     assert_eq!(dp.table_shares(vip).expect("shares"), shares_before);
     let probe = fx.probe(vip, 30);
     assert_eq!(
-        probe.banner(&backends[0].name) + probe.banner(&backends[1].name),
+        probe.banner(backends[0].name()) + probe.banner(backends[1].name()),
         30
     );
 }
@@ -782,15 +750,13 @@ fn ipv6_vip_and_ipv4_mapped_vip_from_an_inet6_socket() {
         return;
     }
     let fx = Fixture::new("ipv6");
-    let v6 = [
-        TestBackend::start("v6a", "[::1]:0"),
-        TestBackend::start("v6b", "[::1]:0"),
-    ];
+    let v6 = ["v6a", "v6b"]
+        .map(|name| BannerServer::start(name, addr("[::1]:0")).expect("start a test backend"));
     let v4 = v4_backends();
     let mut dp = fx.load();
 
     let vip6 = addr("[fd00:5::17]:80");
-    dp.set_pool(vip6, &[v6[0].spec(1), v6[1].spec(1)])
+    dp.set_pool(vip6, &[spec(&v6[0], 1), spec(&v6[1], 1)])
         .expect("set_pool v6");
     let probe = fx.probe(vip6, 200);
     assert_eq!(probe.banner("v6a") + probe.banner("v6b"), 200, "{probe:?}");
@@ -798,10 +764,10 @@ fn ipv6_vip_and_ipv4_mapped_vip_from_an_inet6_socket() {
 
     // An IPv4 pool dialled as ::ffff:a.b.c.d from an AF_INET6 socket (connect6 path).
     let vip4 = addr("10.96.7.18:80");
-    dp.set_pool(vip4, &[v4[0].spec(1)]).expect("set_pool v4");
+    dp.set_pool(vip4, &[spec(&v4[0], 1)]).expect("set_pool v4");
     let mapped = addr("[::ffff:10.96.7.18]:80");
     let probe = fx.probe(mapped, 50);
-    assert_eq!(probe.banner(&v4[0].name), 50, "{probe:?}");
+    assert_eq!(probe.banner(v4[0].name()), 50, "{probe:?}");
     assert_eq!(
         probe.peers.get(&mapped.to_string()),
         Some(&50),
@@ -820,8 +786,9 @@ fn detach_stops_steering_and_removes_every_pin() {
     // A loopback VIP nobody listens on: untranslated connects are refused at once.
     let vip = addr("127.100.7.19:8000");
     let mut dp = fx.load();
-    dp.set_pool(vip, &[backends[0].spec(1)]).expect("set_pool");
-    assert_eq!(fx.probe(vip, 10).banner(&backends[0].name), 10);
+    dp.set_pool(vip, &[spec(&backends[0], 1)])
+        .expect("set_pool");
+    assert_eq!(fx.probe(vip, 10).banner(backends[0].name()), 10);
     let removed = dp.detach().expect("detach");
     assert_eq!(removed, 12, "5 links + 7 maps");
     assert!(!fx.pin_root.exists());

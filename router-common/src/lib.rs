@@ -20,10 +20,10 @@ pub const META_MAGIC: u64 = u64::from_be_bytes(*b"swyard\0\x01");
 pub const MAX_POOLS: u32 = 1024;
 /// Backend ids are `1..MAX_BACKENDS`; id 0 means "no backend" in a selection slot.
 pub const MAX_BACKENDS: u32 = 16384;
-/// Backends one pool may list.
+/// Backends one pool may list (a slot holds a one-byte index into the pool's backend list).
 pub const MAX_BACKENDS_PER_POOL: usize = 256;
-/// Slots in one pool's selection table. A prime (as Maglev and Cilium use) and at least
-/// 64 slots per backend at the per-pool maximum, so weight rounding error stays under ~1%.
+/// Slots in one pool's selection table: a prime (as Maglev and Cilium use), 64 slots per
+/// backend at the per-pool maximum; userspace apportions them within one slot of the weights.
 pub const SELECTION_SLOTS: usize = 16381;
 /// Largest weight a backend may carry; weights are relative within one pool.
 pub const MAX_WEIGHT: u32 = 65535;
@@ -54,7 +54,7 @@ pub const STAT_CONNECT_TRANSLATED: u32 = 0;
 pub const STAT_CONNECT_REFUSED: u32 = 1;
 /// `getpeername` answered with the VIP instead of the backend.
 pub const STAT_PEER_REWRITTEN: u32 = 2;
-/// A pool without a selection table or a slot naming an unknown backend (refused).
+/// A pool without a selection table, or a slot naming an empty entry (refused).
 pub const STAT_TABLE_MISS: u32 = 3;
 /// Socket storage could not be created: translated, but neither counted nor reverse-translated.
 pub const STAT_STORAGE_FAILED: u32 = 4;
@@ -96,7 +96,8 @@ pub struct PoolInfo {
     pub table_hash: u64,
 }
 
-/// Value of the `BACKENDS` map, keyed by backend id.
+/// Value of the userspace-only `BACKENDS` map, keyed by backend id: the bookkeeping behind ids
+/// (stable per address, retired while draining). BPF reads backends from the selection table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
@@ -167,8 +168,47 @@ pub struct DataplaneMeta {
     pub write_seq: u64,
 }
 
-/// One pool's selection table: slot -> backend id (0 = empty).
-pub type SelectionTable = [u32; SELECTION_SLOTS];
+/// A backend as the selection table carries it: everything `connect` needs, so the hot path
+/// reads no other map and a table swap changes backends and weights in one step.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SlotBackend {
+    /// Address words as in [`PoolKey::addr`].
+    pub addr: [u32; 4],
+    /// Port in network byte order.
+    pub port_be: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: u8,
+    /// Backend id: index of its `CONNS` counters; 0 = unused entry.
+    pub id: u32,
+}
+
+/// One pool's selection table, the value of a `SELECTION` inner map. Each slot holds an index
+/// into `backends`; BPF draws a uniformly random slot per connect, so a backend's chance is its
+/// share of the slots. Replaced whole (a fresh inner map) on every change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelectionTable {
+    pub slots: [u8; SELECTION_SLOTS],
+    pub _pad: [u8; 3],
+    pub backends: [SlotBackend; MAX_BACKENDS_PER_POOL],
+}
+
+impl SelectionTable {
+    /// A table with no backend and every slot pointing at entry 0.
+    pub const EMPTY: Self = Self {
+        slots: [0; SELECTION_SLOTS],
+        _pad: [0; 3],
+        backends: [SlotBackend {
+            addr: [0; 4],
+            port_be: 0,
+            family: 0,
+            _pad: 0,
+            id: 0,
+        }; MAX_BACKENDS_PER_POOL],
+    };
+}
 
 const _: () = assert!(core::mem::size_of::<PoolKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PoolInfo>() == 32);
@@ -176,6 +216,10 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 const _: () = assert!(core::mem::size_of::<SockLb>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnCount>() == 16);
 const _: () = assert!(core::mem::size_of::<DataplaneMeta>() == 40);
+const _: () = assert!(core::mem::size_of::<SlotBackend>() == 24);
+const _: () = assert!(core::mem::size_of::<SelectionTable>() == 16384 + 24 * 256);
+// Slot entries are one byte.
+const _: () = assert!(MAX_BACKENDS_PER_POOL <= 256);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -187,4 +231,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockLb {}
     unsafe impl aya::Pod for super::ConnCount {}
     unsafe impl aya::Pod for super::DataplaneMeta {}
+    unsafe impl aya::Pod for super::SlotBackend {}
+    unsafe impl aya::Pod for super::SelectionTable {}
 }

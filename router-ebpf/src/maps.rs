@@ -6,8 +6,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use router_common::{
-    Backend, ConnCount, MAX_BACKENDS, MAX_POOLS, PoolInfo, PoolKey, STAT_COUNT, SelectionTable,
-    SockLb,
+    ConnCount, MAX_BACKENDS, MAX_POOLS, PoolInfo, PoolKey, STAT_COUNT, SelectionTable, SockLb,
 };
 
 /// VIP -> pool. No preallocation: an update then swaps in a fresh element and frees the old
@@ -20,17 +19,9 @@ pub static POOLS: HashMap<
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
 
-/// Backend id -> backend (address, state, pool). No preallocation, for the same reason.
-#[btf_map]
-pub static BACKENDS: HashMap<
-    u32,
-    Backend,
-    { MAX_BACKENDS as usize },
-    { BPF_F_NO_PREALLOC as usize },
-> = HashMap::new();
-
-/// Pool id -> that pool's selection table (a one-element array holding all slots). Userspace
-/// fills a fresh inner map and swaps the outer slot, so a table changes atomically as a whole.
+/// Pool id -> that pool's selection table (a one-element array holding the slots and the
+/// backends they index). Userspace fills a fresh inner map and swaps the outer slot, so a pool
+/// changes atomically as a whole.
 #[btf_map]
 pub static SELECTION: ArrayOfMaps<Array<SelectionTable, 1>, { MAX_POOLS as usize }> =
     ArrayOfMaps::new();

@@ -11,11 +11,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use router_common::{
-    Backend, FAMILY_V4, IPPROTO_TCP, PoolKey, SELECTION_SLOTS, SOCK_COUNTED, STAT_CONNECT_REFUSED,
-    STAT_CONNECT_TRANSLATED, STAT_STORAGE_FAILED, STAT_TABLE_MISS, SockLb, V4_MAPPED_WORD2,
+    FAMILY_V4, IPPROTO_TCP, PoolKey, SELECTION_SLOTS, SOCK_COUNTED, STAT_CONNECT_REFUSED,
+    STAT_CONNECT_TRANSLATED, STAT_STORAGE_FAILED, STAT_TABLE_MISS, SlotBackend, SockLb,
+    V4_MAPPED_WORD2,
 };
 
-use crate::maps::{BACKENDS, POOLS, SELECTION, SOCK_LB, bump};
+use crate::maps::{POOLS, SELECTION, SOCK_LB, bump};
 
 /// Allowed: let `connect` proceed (with whatever address the program left in the context).
 const ALLOW: i32 = 1;
@@ -30,7 +31,7 @@ enum Choice {
     /// The pool exists but cannot serve: fail the connect (statistic to bump).
     Refuse(u32),
     /// Steer to this backend.
-    Steer(u32, Backend),
+    Steer(SlotBackend),
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -59,14 +60,14 @@ pub fn sy_connect4(ctx: SockAddrContext) -> i32 {
         Choice::Refuse(stat) => refuse(stat),
         // A v4 socket can only reach a v4 backend; userspace never builds such a pool, so
         // this is a table inconsistency, counted as a miss.
-        Choice::Steer(_, backend) if backend.family != FAMILY_V4 => refuse(STAT_TABLE_MISS),
-        Choice::Steer(id, backend) => {
+        Choice::Steer(backend) if backend.family != FAMILY_V4 => refuse(STAT_TABLE_MISS),
+        Choice::Steer(backend) => {
             // SAFETY: context writes of the allowed size (4 bytes) to writable fields.
             unsafe {
                 write_volatile(&raw mut (*sa).user_ip4, backend.addr[3]);
                 write_volatile(&raw mut (*sa).user_port, u32::from(backend.port_be));
             }
-            remember(&ctx, &key, id, &backend);
+            remember(&ctx, &key, &backend);
             bump(STAT_CONNECT_TRANSLATED);
             ALLOW
         }
@@ -98,13 +99,13 @@ pub fn sy_connect6(ctx: SockAddrContext) -> i32 {
     match select(&key) {
         Choice::NotPool => ALLOW,
         Choice::Refuse(stat) => refuse(stat),
-        Choice::Steer(id, backend) => {
+        Choice::Steer(backend) => {
             // SAFETY: 4-byte context writes to writable fields.
             unsafe {
                 write_ip6(sa, &backend.addr);
                 write_volatile(&raw mut (*sa).user_port, u32::from(backend.port_be));
             }
-            remember(&ctx, &key, id, &backend);
+            remember(&ctx, &key, &backend);
             bump(STAT_CONNECT_TRANSLATED);
             ALLOW
         }
@@ -127,20 +128,17 @@ fn select(key: &PoolKey) -> Choice {
     // bound the verifier cannot follow, whereas it tracks this product and shift exactly.
     // SAFETY: helper without preconditions.
     let draw = u64::from(unsafe { bpf_get_prandom_u32() });
-    // `black_box` keeps LLVM from folding the shift into the index scaling (`>> 30 & !3`),
-    // whose upper bound the verifier would round past the end of the table.
-    let slot = core::hint::black_box(((draw * SELECTION_SLOTS as u64) >> 32) as u32);
+    let slot = ((draw * SELECTION_SLOTS as u64) >> 32) as usize;
     let Some(table) = SELECTION.get_value(pool.pool_id, &0) else {
         return Choice::Refuse(STAT_TABLE_MISS);
     };
-    let id = match table.get(slot as usize) {
-        Some(&id) if id != 0 => id,
-        _ => return Choice::Refuse(STAT_TABLE_MISS),
+    let Some(&index) = table.slots.get(slot) else {
+        return Choice::Refuse(STAT_TABLE_MISS);
     };
-    match BACKENDS.get_ptr(id) {
-        // SAFETY: as for the pool above.
-        Some(backend) => Choice::Steer(id, unsafe { *backend }),
-        None => Choice::Refuse(STAT_TABLE_MISS),
+    // A one-byte index into a 256-entry array: always in bounds.
+    match table.backends.get(usize::from(index)) {
+        Some(backend) if backend.id != 0 => Choice::Steer(*backend),
+        _ => Choice::Refuse(STAT_TABLE_MISS),
     }
 }
 
@@ -155,7 +153,7 @@ fn refuse(stat: u32) -> i32 {
 
 /// Records the choice in the socket's storage, for `getpeername` and for connection counting.
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, vip: &PoolKey, id: u32, backend: &Backend) {
+fn remember(ctx: &SockAddrContext, vip: &PoolKey, backend: &SlotBackend) {
     // SAFETY: the helper takes the context's socket, which is a full socket in connect hooks.
     let state: *mut SockLb = unsafe { SOCK_LB.get_or_insert_ptr_mut(ctx, None) };
     if state.is_null() {
@@ -173,7 +171,7 @@ fn remember(ctx: &SockAddrContext, vip: &PoolKey, id: u32, backend: &Backend) {
     state.vport_be = vip.port_be;
     state.backend = backend.addr;
     state.bport_be = backend.port_be;
-    state.backend_id = id;
+    state.backend_id = backend.id;
 }
 
 /// Reads `user_ip6` one 4-byte word at a time (a whole-array copy fails verification).

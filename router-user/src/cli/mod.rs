@@ -22,6 +22,11 @@ pub struct Cli {
 pub enum Command {
     /// eBPF connect-time steering: attach programs, program pools, show live connection counts.
     Dataplane(crate::dataplane::cli::DataplaneArgs),
+    /// Measurements: `bench dataplane` (connect cost of steering).
+    Bench(crate::bench::BenchArgs),
+    /// Self-contained demo (root): steer a weighted pool in a temporary cgroup and show where
+    /// connections went.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Parses arguments, runs the subcommand on a tokio runtime, and maps errors to exit codes.
@@ -50,5 +55,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dataplane(args) => crate::dataplane::cli::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
     }
 }

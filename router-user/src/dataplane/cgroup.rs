@@ -73,6 +73,18 @@ pub fn cgroup_id(path: &Path) -> Result<u64, DataplaneError> {
         .map_err(|err| DataplaneError::io("reading cgroup", path, err))
 }
 
+/// The cgroup v2 directory the calling process belongs to (from `/proc/self/cgroup`).
+pub fn current() -> Result<PathBuf, DataplaneError> {
+    let mount = cgroup2_mount()?;
+    let text = fs::read_to_string("/proc/self/cgroup")
+        .map_err(|err| DataplaneError::io("reading", "/proc/self/cgroup", err))?;
+    let relative = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .ok_or(DataplaneError::NoCgroup2)?;
+    Ok(mount.join(relative.trim_start_matches('/')))
+}
+
 /// Moves process `pid` (0 = the caller) into the cgroup. Sockets it already has stay where they
 /// were created: join before opening any socket that should be steered.
 pub fn join(path: &Path, pid: u32) -> Result<(), DataplaneError> {

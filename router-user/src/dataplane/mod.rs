@@ -261,7 +261,7 @@ impl Dataplane {
             }
             layout.create_dirs()?;
             if let Err(err) = attach::attach_programs(&layout, &cgroup)
-                .and_then(|()| create_meta(&layout, cgroup_id, object_hash))
+                .and_then(|()| create_userspace_maps(&layout, cgroup_id, object_hash))
             {
                 if let Err(cleanup) = attach::detach_pinned(&layout) {
                     tracing::warn!(error = %cleanup, "cleanup after a failed attach failed");
@@ -340,6 +340,27 @@ impl Dataplane {
         attach::pinned_links(&self.layout)
     }
 
+    /// Program name and kernel program id behind each pinned link (for `bpftool prog show id`
+    /// and the kernel's run-time statistics).
+    pub fn attached_programs(&self) -> Result<Vec<(&'static str, u32)>, DataplaneError> {
+        let mut programs = Vec::new();
+        for pin in attach::pinned_links(&self.layout) {
+            let path = self.layout.link(pin);
+            let link = aya::programs::links::PinnedLink::from_pin(&path).map_err(|error| {
+                DataplaneError::Link {
+                    path: path.clone(),
+                    error,
+                }
+            })?;
+            // Dropping this handle only closes our descriptor: the pin keeps the link.
+            let info = aya::programs::links::FdLink::from(link)
+                .info()
+                .map_err(|error| DataplaneError::Link { path, error })?;
+            programs.push((pin, info.program_id()));
+        }
+        Ok(programs)
+    }
+
     /// Every pool with its backends and their connection counters, read from the maps.
     pub fn pools(&self) -> Result<Vec<PoolView>, DataplaneError> {
         let mut backends_by_pool: HashMap<u32, Vec<BackendView>> = HashMap::new();
@@ -384,7 +405,9 @@ impl Dataplane {
         let key = addr::pool_key(vip);
         let info = match self.maps.pools.get(&key, 0) {
             Ok(info) => info,
-            Err(aya::maps::MapError::KeyNotFound) => return Err(DataplaneError::PoolNotFound(vip)),
+            Err(aya::maps::MapError::KeyNotFound) => {
+                return Err(DataplaneError::PoolNotFound(vip));
+            }
             Err(source) => return Err(DataplaneError::map(pins::POOLS.pin_name)(source)),
         };
         if info.active_slots == 0 {
@@ -398,16 +421,10 @@ impl Dataplane {
         let table = inner
             .get(&0, 0)
             .map_err(DataplaneError::map(pins::SELECTION.pin_name))?;
-        let mut shares = BTreeMap::new();
-        for (id, slots) in table::table_shares(&table) {
-            let backend = self
-                .maps
-                .backends
-                .get(&id, 0)
-                .map_err(DataplaneError::map(pins::BACKENDS.pin_name))?;
-            shares.insert(socket_addr(backend.addr, backend.port_be), slots);
-        }
-        Ok(shares)
+        Ok(table::table_shares(&table)
+            .into_values()
+            .map(|(backend, slots)| (socket_addr(backend.addr, backend.port_be), slots))
+            .collect())
     }
 
     /// Live connection counters per backend address (summed over pools that share an
@@ -496,8 +513,23 @@ impl Dataplane {
     }
 }
 
-/// Creates, fills and pins the meta map: written last, so its presence means "attached".
-fn create_meta(layout: &PinLayout, cgroup_id: u64, object_hash: u64) -> Result<(), DataplaneError> {
+/// Creates and pins the maps only userspace uses: BACKENDS, then META, written last, so its
+/// presence means "attached".
+fn create_userspace_maps(
+    layout: &PinLayout,
+    cgroup_id: u64,
+    object_hash: u64,
+) -> Result<(), DataplaneError> {
+    let backends = aya::maps::HashMap::<_, u32, Backend>::create(
+        pins::BACKENDS.max_entries,
+        pins::BACKENDS.flags,
+    )
+    .map_err(DataplaneError::map(pins::BACKENDS.pin_name))?;
+    let path = layout.map(&pins::BACKENDS);
+    backends
+        .pin(&path)
+        .map_err(|error| DataplaneError::Pin { path, error })?;
+
     let mut meta = aya::maps::Array::<_, DataplaneMeta>::create(1, 0)
         .map_err(DataplaneError::map(pins::META.pin_name))?;
     meta.set(
@@ -514,10 +546,8 @@ fn create_meta(layout: &PinLayout, cgroup_id: u64, object_hash: u64) -> Result<(
     )
     .map_err(DataplaneError::map(pins::META.pin_name))?;
     let path = layout.map(&pins::META);
-    meta.pin(&path).map_err(|source| DataplaneError::Pin {
-        path,
-        error: source,
-    })
+    meta.pin(&path)
+        .map_err(|error| DataplaneError::Pin { path, error })
 }
 
 /// Identifies this build's BPF object (adoption replaces programs of another build).

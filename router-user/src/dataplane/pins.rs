@@ -55,8 +55,9 @@ pub const POOLS: MapSpec = MapSpec {
     max_entries: MAX_POOLS,
     flags: BPF_F_NO_PREALLOC,
 };
+/// Userspace bookkeeping (ids, states, weights): BPF reads backends from the selection table.
 pub const BACKENDS: MapSpec = MapSpec {
-    object_name: Some("BACKENDS"),
+    object_name: None,
     pin_name: "backends",
     map_type: MapType::Hash,
     key_size: 4,
@@ -110,9 +111,9 @@ pub const META: MapSpec = MapSpec {
     flags: 0,
 };
 
-/// Every map of the layout; META last because it is written last on attach (its presence
-/// means the attach completed).
-pub const ALL_MAPS: [MapSpec; 7] = [POOLS, BACKENDS, SELECTION, SOCK_LB, CONNS, STATS, META];
+/// Every map of the layout. Those without an object name are created by userspace after the
+/// programs are attached; META last, as its presence means the attach completed.
+pub const ALL_MAPS: [MapSpec; 7] = [POOLS, SELECTION, SOCK_LB, CONNS, STATS, BACKENDS, META];
 
 /// Programs of the BPF object and the pin file of each one's cgroup link, in attach order:
 /// counting and reverse translation are in place before the first connect is steered.

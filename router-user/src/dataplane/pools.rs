@@ -1,10 +1,11 @@
 //! Programming pools: backend ids, table swaps, retirement.
 //!
 //! Write order, chosen so a BPF program never sees an inconsistent pool:
-//! 1. new backend ids get their `BACKENDS` entry (and zeroed counters) before any table names
-//!    them; changed weights/states are rewritten (BPF never reads them, the table decides);
-//! 2. when the eligible set changed, a fresh inner map is filled and swapped into `SELECTION`
-//!    in one update (BPF sees the whole old or the whole new table);
+//! 1. new backend ids get zeroed counters before any table names them; the userspace-only
+//!    `BACKENDS` bookkeeping is updated (BPF reads backends from the table itself);
+//! 2. when the eligible set changed, a fresh inner map (slots plus the backends they index) is
+//!    filled and swapped into `SELECTION` in one update: BPF sees the whole old or the whole new
+//!    pool, addresses and weights together;
 //! 3. the `POOLS` entry is replaced (new generation, active slots, table hash);
 //! 4. backends no longer listed are marked retired; their ids are reclaimed once their live
 //!    count is zero and a grace period has passed (so a connect that raced the swap cannot

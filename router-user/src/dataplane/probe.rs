@@ -7,12 +7,17 @@
 //! SO_LINGER 0 (reset), so thousands of attempts leave no TIME_WAIT behind.
 use std::{
     collections::BTreeMap,
-    io::{self, Read as _},
-    net::SocketAddr,
+    io::{self, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::Duration,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::Dataplane;
@@ -29,7 +34,7 @@ pub struct ProbeConfig {
 }
 
 /// Tallies over all attempts. Keys are rendered addresses, banners and errno names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeReport {
     pub target: String,
     pub attempts: u32,
@@ -156,6 +161,79 @@ fn read_line(socket: &Socket) -> io::Result<String> {
     Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
+/// The probe's counterpart: a TCP server that writes `<name>\n` to every client and closes, so
+/// the prober learns which backend it reached. Used by the demo, the benchmark (empty name:
+/// accept and close) and the tests. Stops when dropped.
+#[derive(Debug)]
+pub struct BannerServer {
+    name: String,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BannerServer {
+    /// Listens on `bind` (port 0 picks a free port) with a deep backlog, so a tight connect
+    /// loop never waits on a full accept queue.
+    pub fn start(name: &str, bind: SocketAddr) -> io::Result<Self> {
+        let socket = Socket::new(Domain::for_address(bind), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SockAddr::from(bind))?;
+        socket.listen(4096)?;
+        let listener: TcpListener = socket.into();
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let banner = if name.is_empty() {
+            Vec::new()
+        } else {
+            format!("{name}\n").into_bytes()
+        };
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name(format!("banner-{addr}"))
+                .spawn(move || {
+                    for stream in listener.incoming() {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if let Ok(mut stream) = stream
+                            && !banner.is_empty()
+                        {
+                            // The client may already have reset the connection: nothing to do.
+                            let _ = stream.write_all(&banner);
+                        }
+                    }
+                })?
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for BannerServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Short name of an I/O error: the errno symbol when known.
 pub fn errno_name(err: &io::Error) -> String {
     let name = match err.raw_os_error() {
@@ -179,44 +257,31 @@ pub fn errno_name(err: &io::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Write as _, net::TcpListener, thread};
-
     use super::*;
 
     #[test]
     fn probe_tallies_peers_banners_and_errors_without_bpf() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = thread::spawn(move || {
-            for _ in 0..3 {
-                let (mut stream, _) = listener.accept().unwrap();
-                stream.write_all(b"backend-a\n").unwrap();
-            }
-        });
-        let report = run(
-            &ProbeConfig {
-                target: addr,
-                count: 3,
-                connect_timeout: Duration::from_secs(2),
-                read_banner: true,
-            },
-            None,
-        );
-        server.join().unwrap();
+        let server = BannerServer::start("backend-a", "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.addr();
+        let config = |count, read_banner| ProbeConfig {
+            target: addr,
+            count,
+            connect_timeout: Duration::from_secs(2),
+            read_banner,
+        };
+        let report = run(&config(3, true), None);
         assert_eq!(report.connected, 3);
         assert_eq!(report.banners.get("backend-a"), Some(&3));
         assert_eq!(report.peers.get(&addr.to_string()), Some(&3));
 
+        let held = run_held(&config(2, false), None, |held| {
+            assert_eq!(held.connected, 2)
+        });
+        assert_eq!(held.connected, 2);
+
+        drop(server);
         // Nobody listens on the port any more: refused.
-        let refused = run(
-            &ProbeConfig {
-                target: addr,
-                count: 2,
-                connect_timeout: Duration::from_secs(2),
-                read_banner: false,
-            },
-            None,
-        );
+        let refused = run(&config(2, false), None);
         assert_eq!(refused.errors.get("ECONNREFUSED"), Some(&2));
     }
 }

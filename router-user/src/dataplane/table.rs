@@ -1,14 +1,20 @@
-//! The selection table: `SELECTION_SLOTS` slots, each naming a backend id, with every eligible
-//! backend holding a share of slots proportional to its weight. BPF draws a uniformly random
+//! The selection table: `SELECTION_SLOTS` one-byte slots indexing the pool's eligible backends
+//! (carried in the table itself), each backend holding a share of slots proportional to its
+//! weight. BPF draws a uniformly random
 //! slot per connect, so a backend's chance equals its share of the table.
 //!
 //! Shares use the largest-remainder (Hamilton) method: floors of the exact quotas, leftovers by
 //! largest remainder (ties to the lower address), so each backend is within one slot of its exact
 //! share (0.006% of the table). A positive weight that rounds to zero still gets one slot, taken
 //! from the largest holder. Backends with weight 0 or marked down get no slot.
-use router_common::{SELECTION_SLOTS, SelectionTable};
+use std::collections::BTreeMap;
 
-use super::spec::BackendSpec;
+use router_common::{MAX_BACKENDS_PER_POOL, SELECTION_SLOTS, SelectionTable, SlotBackend};
+
+use super::{
+    addr::{family, ip_words, port_be},
+    spec::BackendSpec,
+};
 
 /// Slots per backend for `weights` over a table of `slots` slots, in input order.
 ///
@@ -56,38 +62,51 @@ pub fn slot_counts(weights: &[u32], slots: usize) -> Vec<usize> {
 /// Builds a pool's table from `(backend id, spec)` pairs sorted by address (as validation
 /// leaves them). `None` when no backend is eligible: the pool then refuses connects.
 pub fn build_table(backends: &[(u32, BackendSpec)]) -> Option<Box<SelectionTable>> {
-    let weights: Vec<u32> = backends
-        .iter()
-        .map(|(_, spec)| if spec.eligible() { spec.weight } else { 0 })
-        .collect();
+    let eligible: Vec<&(u32, BackendSpec)> =
+        backends.iter().filter(|(_, s)| s.eligible()).collect();
+    let weights: Vec<u32> = eligible.iter().map(|(_, spec)| spec.weight).collect();
     let counts = slot_counts(&weights, SELECTION_SLOTS);
-    if counts.iter().all(|&c| c == 0) {
+    if eligible.is_empty() || eligible.len() > MAX_BACKENDS_PER_POOL {
         return None;
     }
-    let mut table: Box<SelectionTable> = Box::new([0; SELECTION_SLOTS]);
+    let mut table = Box::new(SelectionTable::EMPTY);
     let mut next = 0;
-    for ((id, _), count) in backends.iter().zip(counts) {
-        table[next..next + count].fill(*id);
+    for (index, ((id, spec), count)) in eligible.iter().zip(counts).enumerate() {
+        table.backends[index] = SlotBackend {
+            addr: ip_words(spec.addr.ip()),
+            port_be: port_be(spec.addr.port()),
+            family: family(spec.addr),
+            _pad: 0,
+            id: *id,
+        };
+        // index < MAX_BACKENDS_PER_POOL <= 256 (checked above).
+        table.slots[next..next + count].fill(index as u8);
         next += count;
     }
-    spread(&mut table);
+    spread(&mut table.slots);
     Some(table)
 }
 
-/// Slots each backend id holds in `table` (for `show`: read back from the kernel's table).
-pub fn table_shares(table: &SelectionTable) -> std::collections::BTreeMap<u32, usize> {
-    let mut shares = std::collections::BTreeMap::new();
-    for &id in table.iter().filter(|&&id| id != 0) {
-        *shares.entry(id).or_default() += 1;
+/// Slots per backend id in `table` (for `show` and checks: read back from the kernel's table).
+pub fn table_shares(table: &SelectionTable) -> BTreeMap<u32, (SlotBackend, usize)> {
+    let mut per_index = [0usize; MAX_BACKENDS_PER_POOL];
+    for &index in &table.slots {
+        per_index[usize::from(index)] += 1;
     }
-    shares
+    table
+        .backends
+        .iter()
+        .zip(per_index)
+        .filter(|(backend, slots)| backend.id != 0 && *slots > 0)
+        .map(|(backend, slots)| (backend.id, (*backend, slots)))
+        .collect()
 }
 
 /// Deterministic Fisher-Yates shuffle, so one backend's slots are spread over the table rather
 /// than contiguous: the random draw does not need it, but any future index with local bias
 /// (e.g. a hash of a cookie) still sees the weights. A fixed splitmix64 stream keeps the layout
 /// identical across builds and nodes (a library RNG makes no such promise).
-fn spread(table: &mut SelectionTable) {
+fn spread(slots: &mut [u8]) {
     let mut state: u64 = 0x5eed_5317_c4a1_1e57;
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -96,9 +115,9 @@ fn spread(table: &mut SelectionTable) {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     };
-    for i in (1..table.len()).rev() {
+    for i in (1..slots.len()).rev() {
         let j = (next() % (i as u64 + 1)) as usize;
-        table.swap(i, j);
+        slots.swap(i, j);
     }
 }
 
@@ -166,8 +185,19 @@ mod tests {
         let table = build_table(&backends).unwrap();
         let shares = table_shares(&table);
         assert_eq!(shares.keys().copied().collect::<Vec<_>>(), vec![1, 4]);
-        assert_eq!(shares.values().sum::<usize>(), SELECTION_SLOTS);
-        assert!(table.iter().all(|&id| id != 0));
+        assert_eq!(
+            shares.values().map(|(_, n)| n).sum::<usize>(),
+            SELECTION_SLOTS
+        );
+        // Every slot points at a filled entry carrying the backend's address.
+        assert!(
+            table
+                .slots
+                .iter()
+                .all(|&i| table.backends[usize::from(i)].id != 0)
+        );
+        assert_eq!(shares[&4].0.addr, ip_words(backends[3].1.addr.ip()));
+        assert_eq!(u16::from_be(shares[&4].0.port_be), 4);
     }
 
     #[test]
@@ -177,14 +207,37 @@ mod tests {
     }
 
     #[test]
+    fn a_full_pool_fits_the_table() {
+        let backends: Vec<_> = (0..MAX_BACKENDS_PER_POOL as u16)
+            .map(|i| {
+                (
+                    u32::from(i) + 1,
+                    spec(1000 + i, 1 + u32::from(i % 7), false),
+                )
+            })
+            .collect();
+        let table = build_table(&backends).unwrap();
+        let shares = table_shares(&table);
+        assert_eq!(shares.len(), MAX_BACKENDS_PER_POOL);
+        assert_eq!(
+            shares.values().map(|(_, n)| n).sum::<usize>(),
+            SELECTION_SLOTS
+        );
+    }
+
+    #[test]
     fn tables_are_deterministic_and_spread() {
         let backends = [(10, spec(1, 3, false)), (11, spec(2, 1, false))];
         let a = build_table(&backends).unwrap();
         let b = build_table(&backends).unwrap();
         assert_eq!(a, b);
         // Spread: the first quarter of the table holds both backends, near their shares.
-        let quarter = &a[..SELECTION_SLOTS / 4];
-        let first = quarter.iter().filter(|&&id| id == 10).count() as f64 / quarter.len() as f64;
+        let quarter = &a.slots[..SELECTION_SLOTS / 4];
+        let first = quarter
+            .iter()
+            .filter(|&&i| a.backends[usize::from(i)].id == 10)
+            .count() as f64
+            / quarter.len() as f64;
         assert!(
             (first - 0.75).abs() < 0.05,
             "share of id 10 in the first quarter: {first}"
@@ -197,7 +250,7 @@ mod tests {
         let table = build_table(&backends).unwrap();
         let shares = table_shares(&table);
         let counts = slot_counts(&[2, 5], SELECTION_SLOTS);
-        assert_eq!(shares[&1], counts[0]);
-        assert_eq!(shares[&2], counts[1]);
+        assert_eq!(shares[&1].1, counts[0]);
+        assert_eq!(shares[&2].1, counts[1]);
     }
 }

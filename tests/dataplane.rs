@@ -145,6 +145,19 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Probes `vip` `count` times and checks every connect reached `backend`.
+    fn expect_all_reach(&self, vip: SocketAddr, count: u32, backend: &BannerServer) {
+        let probe = self.probe(vip, count);
+        assert_eq!(
+            probe.banner(backend.name()),
+            u64::from(count),
+            "every connect to {vip} should reach {}: {probe:?}",
+            backend.name()
+        );
+    }
+}
+
 impl Drop for Fixture {
     fn drop(&mut self) {
         if let Err(err) = Dataplane::detach_pinned(&self.pin_root) {
@@ -203,6 +216,15 @@ fn spec(backend: &BannerServer, weight: u32) -> BackendSpec {
     BackendSpec::new(backend.addr(), weight)
 }
 
+/// The test's fixture and four IPv4 backends, or `None` (after saying why) when the tests
+/// cannot run here.
+fn setup(test: &str) -> Option<(Fixture, Vec<BannerServer>)> {
+    if !can_run(test) {
+        return None;
+    }
+    Some((Fixture::new(test), v4_backends()))
+}
+
 /// Four backends on distinct loopback addresses.
 fn v4_backends() -> Vec<BannerServer> {
     (1..=4)
@@ -235,11 +257,9 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 /// for p = 0.001 (df = 2: 13.816), so a correct dataplane fails this test once in 1000 runs.
 #[test]
 fn distribution_over_10000_connects_matches_the_weights() {
-    if !can_run("distribution") {
+    let Some((fx, backends)) = setup("dist") else {
         return;
-    }
-    let fx = Fixture::new("dist");
-    let backends = v4_backends();
+    };
     let mut dp = fx.load();
     let vip = addr("10.96.7.10:80");
     let mut down = spec(&backends[3], 5);
@@ -318,11 +338,9 @@ fn distribution_over_10000_connects_matches_the_weights() {
 
 #[test]
 fn weight_zero_and_down_backends_are_never_chosen() {
-    if !can_run("never_chosen") {
+    let Some((fx, backends)) = setup("never") else {
         return;
-    }
-    let fx = Fixture::new("never");
-    let backends = v4_backends();
+    };
     let mut dp = fx.load();
     let vip = addr("10.96.7.11:80");
     let mut down = spec(&backends[1], 1000);
@@ -340,18 +358,16 @@ fn weight_zero_and_down_backends_are_never_chosen() {
 
 #[test]
 fn updates_take_effect_on_the_next_connect_and_noop_updates_write_nothing() {
-    if !can_run("updates") {
+    let Some((fx, backends)) = setup("update") else {
         return;
-    }
-    let fx = Fixture::new("update");
-    let backends = v4_backends();
+    };
     let mut dp = fx.load();
     let vip = addr("10.96.7.12:80");
 
     let first = dp
         .set_pool(vip, &[spec(&backends[0], 1)])
         .expect("set_pool");
-    assert_eq!(fx.probe(vip, 50).banner(backends[0].name()), 50);
+    fx.expect_all_reach(vip, 50, &backends[0]);
 
     let second = dp
         .set_pool(vip, &[spec(&backends[0], 1), spec(&backends[1], 1)])
@@ -402,11 +418,9 @@ fn updates_take_effect_on_the_next_connect_and_noop_updates_write_nothing() {
 
 #[test]
 fn getpeername_shows_the_vip_and_live_counts_rise_and_fall() {
-    if !can_run("counts") {
+    let Some((fx, backends)) = setup("counts") else {
         return;
-    }
-    let fx = Fixture::new("counts");
-    let backends = v4_backends();
+    };
     let mut dp = fx.load();
     let vip = addr("10.96.7.13:80");
     dp.set_pool(vip, &[spec(&backends[0], 1), spec(&backends[1], 1)])
@@ -478,13 +492,86 @@ fn getpeername_shows_the_vip_and_live_counts_rise_and_fall() {
     assert_eq!(after.conns_closed - before.conns_closed, held as u64);
 }
 
+/// A backend that refuses (nobody listens): each failed handshake is opened and closed, so the
+/// live count never drifts.
 #[test]
-fn a_pool_without_eligible_backends_refuses_with_econnrefused() {
-    if !can_run("refused") {
+fn failed_handshakes_are_counted_open_and_closed() {
+    if !can_run("refhs") {
         return;
     }
-    let fx = Fixture::new("refuse");
-    let backends = v4_backends();
+    let fx = Fixture::new("refhs");
+    let dead = {
+        let server = BannerServer::start("gone", addr("127.0.0.5:0")).expect("server");
+        server.addr()
+    }; // dropped: the port no longer listens
+    let mut dp = fx.load();
+    let vip = addr("10.96.7.20:80");
+    dp.set_pool(vip, &[BackendSpec::new(dead, 1)])
+        .expect("set_pool");
+    let probe = fx.probe(vip, 25);
+    assert_eq!(probe.errors.get("ECONNREFUSED"), Some(&25), "{probe:?}");
+    eventually("failed handshakes are closed", || {
+        let counts = dp.connection_counts().expect("counts");
+        counts
+            .get(&dead)
+            .is_some_and(|c| c.opened == 25 && c.closed == 25)
+    });
+}
+
+/// A removed backend is listed as retired while it drains; after the grace period with no live
+/// connection its id is reclaimed and handed to the next new backend with fresh counters.
+#[test]
+fn retired_backends_drain_and_their_ids_are_reused_with_fresh_counters() {
+    let Some((fx, backends)) = setup("reclaim") else {
+        return;
+    };
+    let mut dp = fx.load();
+    let vip = addr("10.96.7.21:80");
+    let first = dp
+        .set_pool(vip, &[spec(&backends[0], 1), spec(&backends[1], 1)])
+        .expect("set_pool");
+    assert_eq!(fx.probe(vip, 40).connected, 40);
+    let retired_id = first.backends[1].id;
+    dp.set_pool(vip, &[spec(&backends[0], 1)])
+        .expect("set_pool");
+    let listed = |dp: &Dataplane| {
+        dp.pools().expect("pools")[0]
+            .backends
+            .iter()
+            .map(|b| (b.id, b.state))
+            .collect::<Vec<_>>()
+    };
+    assert!(listed(&dp).contains(&(retired_id, BackendState::Retired)));
+    thread::sleep(Duration::from_millis(2100)); // the grace period (2 s)
+    // A no-op update still reclaims the drained backend.
+    let status = dp
+        .set_pool(vip, &[spec(&backends[0], 1)])
+        .expect("set_pool");
+    assert!(!status.changed);
+    assert!(
+        listed(&dp).iter().all(|(id, _)| *id != retired_id),
+        "{:?}",
+        listed(&dp)
+    );
+    // The next new backend gets the freed id, with counters starting at zero.
+    let status = dp
+        .set_pool(vip, &[spec(&backends[0], 1), spec(&backends[2], 1)])
+        .expect("set_pool");
+    let reused = status
+        .backends
+        .iter()
+        .find(|b| b.addr == backends[2].addr())
+        .expect("b3");
+    assert_eq!(reused.id, retired_id);
+    let counts = dp.connection_counts().expect("counts");
+    assert_eq!(counts[&backends[2].addr()].opened, 0);
+}
+
+#[test]
+fn a_pool_without_eligible_backends_refuses_with_econnrefused() {
+    let Some((fx, backends)) = setup("refuse") else {
+        return;
+    };
     let mut dp = fx.load();
     // 10.96/16 is not ours: if the dataplane let this through, the connect would not be refused.
     let vip = addr("10.96.7.14:80");
@@ -502,18 +589,16 @@ fn a_pool_without_eligible_backends_refuses_with_econnrefused() {
     // Bringing a backend up serves the next connect.
     dp.set_pool(vip, &[spec(&backends[0], 1), spec(&backends[1], 0)])
         .expect("set_pool");
-    assert_eq!(fx.probe(vip, 10).banner(backends[0].name()), 10);
+    fx.expect_all_reach(vip, 10, &backends[0]);
 }
 
 /// The first agent is a separate process that exits; steering continues with no userspace
 /// process, and a new one adopts the pins and keeps programming them.
 #[test]
 fn steering_survives_the_agent_exiting_and_a_new_one_adopts_the_pins() {
-    if !can_run("adoption") {
+    let Some((fx, backends)) = setup("adopt") else {
         return;
-    }
-    let fx = Fixture::new("adopt");
-    let backends = v4_backends();
+    };
     let vip = addr("10.96.7.15:80");
     let cgroup = fx.cgroup().to_string_lossy().into_owned();
     let out = fx.cli_ok(&["attach", "--cgroup", &cgroup]);
@@ -563,18 +648,16 @@ fn steering_survives_the_agent_exiting_and_a_new_one_adopts_the_pins() {
     );
     dp.set_pool(vip, &[spec(&backends[2], 1)])
         .expect("set_pool");
-    assert_eq!(fx.probe(vip, 30).banner(backends[2].name()), 30);
+    fx.expect_all_reach(vip, 30, &backends[2]);
 }
 
 /// Pins of another build (simulated by clearing the recorded object hash) are replaced
 /// make-before-break: the maps and pools stay, the old programs are detached and freed.
 #[test]
 fn load_replaces_the_programs_of_another_build_without_a_gap() {
-    if !can_run("replace") {
+    let Some((fx, backends)) = setup("replace") else {
         return;
-    }
-    let fx = Fixture::new("replace");
-    let backends = v4_backends();
+    };
     let vip = addr("10.96.7.16:80");
     let mut dp = fx.load();
     dp.set_pool(vip, &[spec(&backends[0], 1)])
@@ -609,7 +692,7 @@ fn load_replaces_the_programs_of_another_build_without_a_gap() {
         .find(|p| p.vip == vip)
         .expect("pool kept");
     assert_eq!(pool.backends.len(), 1);
-    assert_eq!(fx.probe(vip, 20).banner(backends[0].name()), 20);
+    fx.expect_all_reach(vip, 20, &backends[0]);
     eventually("the old program is freed", || {
         aya::programs::loaded_programs()
             .filter_map(Result::ok)
@@ -621,11 +704,9 @@ fn load_replaces_the_programs_of_another_build_without_a_gap() {
 
 #[test]
 fn bad_set_pool_input_is_rejected_clearly_and_keeps_the_previous_table() {
-    if !can_run("bad_input") {
+    let Some((fx, backends)) = setup("badin") else {
         return;
-    }
-    let fx = Fixture::new("badin");
-    let backends = v4_backends();
+    };
     let vip = addr("10.96.7.17:80");
     let mut dp = fx.load();
     let good = dp
@@ -778,17 +859,15 @@ fn ipv6_vip_and_ipv4_mapped_vip_from_an_inet6_socket() {
 
 #[test]
 fn detach_stops_steering_and_removes_every_pin() {
-    if !can_run("detach") {
+    let Some((fx, backends)) = setup("detach") else {
         return;
-    }
-    let fx = Fixture::new("detach");
-    let backends = v4_backends();
+    };
     // A loopback VIP nobody listens on: untranslated connects are refused at once.
     let vip = addr("127.100.7.19:8000");
     let mut dp = fx.load();
     dp.set_pool(vip, &[spec(&backends[0], 1)])
         .expect("set_pool");
-    assert_eq!(fx.probe(vip, 10).banner(backends[0].name()), 10);
+    fx.expect_all_reach(vip, 10, &backends[0]);
     let removed = dp.detach().expect("detach");
     assert_eq!(removed, 12, "5 links + 7 maps");
     assert!(!fx.pin_root.exists());
@@ -804,7 +883,7 @@ fn detach_stops_steering_and_removes_every_pin() {
 
 #[test]
 fn load_explains_what_is_wrong_with_the_environment_or_the_pins() {
-    if !can_run("load_errors") {
+    if !can_run("loaderr") {
         return;
     }
     let fx = Fixture::new("loaderr");

@@ -48,30 +48,16 @@ pub fn sy_connect4(ctx: SockAddrContext) -> i32 {
     if protocol != u32::from(IPPROTO_TCP) {
         return ALLOW;
     }
-    let key = PoolKey {
-        addr: [0, 0, V4_MAPPED_WORD2, ip],
-        // Only the low 16 bits carry `sin_port` (network order).
-        port_be: port as u16,
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    };
-    match select(&key) {
-        Choice::NotPool => ALLOW,
-        Choice::Refuse(stat) => refuse(stat),
-        // A v4 socket can only reach a v4 backend; userspace never builds such a pool, so
-        // this is a table inconsistency, counted as a miss.
-        Choice::Steer(backend) if backend.family != FAMILY_V4 => refuse(STAT_TABLE_MISS),
-        Choice::Steer(backend) => {
-            // SAFETY: context writes of the allowed size (4 bytes) to writable fields.
-            unsafe {
-                write_volatile(&raw mut (*sa).user_ip4, backend.addr[3]);
-                write_volatile(&raw mut (*sa).user_port, u32::from(backend.port_be));
-            }
-            remember(&ctx, &key, &backend);
-            bump(STAT_CONNECT_TRANSLATED);
-            ALLOW
+    let key = pool_key([0, 0, V4_MAPPED_WORD2, ip], port);
+    // A v4 socket can only reach a v4 backend; userspace never builds such a pool, so a
+    // mismatch is a table inconsistency, refused and counted as a miss.
+    steer(&ctx, &key, Some(FAMILY_V4), |sa, backend| {
+        // SAFETY: context writes of the allowed size (4 bytes) to writable fields.
+        unsafe {
+            write_volatile(&raw mut (*sa).user_ip4, backend.addr[3]);
+            write_volatile(&raw mut (*sa).user_port, u32::from(backend.port_be));
         }
-    }
+    })
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -90,22 +76,46 @@ pub fn sy_connect6(ctx: SockAddrContext) -> i32 {
     }
     // An IPv4-mapped destination (`::ffff:a.b.c.d` from a dual-stack socket) matches the
     // IPv4 pool directly: pools are keyed by the mapped form.
-    let key = PoolKey {
+    steer(&ctx, &pool_key(addr, port), None, |sa, backend| {
+        // SAFETY: 4-byte context writes to writable fields of a v6 program.
+        unsafe {
+            write_ip6(sa, &backend.addr);
+            write_volatile(&raw mut (*sa).user_port, u32::from(backend.port_be));
+        }
+    })
+}
+
+/// The `POOLS` key for a destination read from the context.
+#[inline(always)]
+fn pool_key(addr: [u32; 4], user_port: u32) -> PoolKey {
+    PoolKey {
         addr,
-        port_be: port as u16,
+        // Only the low 16 bits carry `sin_port` (network order).
+        port_be: user_port as u16,
         proto: IPPROTO_TCP,
         _pad: 0,
-    };
-    match select(&key) {
+    }
+}
+
+/// Selects a backend for `key` and applies it: `rewrite` writes the destination into the
+/// context, then the choice is recorded in the socket's storage. A backend of another family
+/// than `family` (when given) is refused.
+#[inline(always)]
+fn steer(
+    ctx: &SockAddrContext,
+    key: &PoolKey,
+    family: Option<u8>,
+    rewrite: impl FnOnce(*mut bpf_sock_addr, &SlotBackend),
+) -> i32 {
+    match select(key) {
         Choice::NotPool => ALLOW,
         Choice::Refuse(stat) => refuse(stat),
+        Choice::Steer(backend) if family.is_some_and(|f| f != backend.family) => {
+            refuse(STAT_TABLE_MISS)
+        }
         Choice::Steer(backend) => {
-            // SAFETY: 4-byte context writes to writable fields.
-            unsafe {
-                write_ip6(sa, &backend.addr);
-                write_volatile(&raw mut (*sa).user_port, u32::from(backend.port_be));
-            }
-            remember(&ctx, &key, &backend);
+            rewrite(ctx.sock_addr, &backend);
+            remember(ctx, key, &backend);
             bump(STAT_CONNECT_TRANSLATED);
             ALLOW
         }

@@ -101,22 +101,24 @@ fn attach_one(
         error: source,
     };
     // Cgroup links are always multi-attach; `Single` is the only mode the kernel accepts for
-    // link_create on cgroups (other modes give EINVAL).
+    // link_create on cgroups (other modes give EINVAL). The two program types share no trait
+    // for this, hence the macro.
+    macro_rules! load_and_attach {
+        ($prog:expr) => {{
+            let prog = $prog;
+            prog.load().map_err(|err| load_error(program, err))?;
+            let id = prog
+                .attach(cgroup_dir, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            prog.take_link(id)
+                .and_then(|link| FdLink::try_from(link).map_err(link_to_program_error))
+        }};
+    }
     let link: Result<FdLink, ProgramError> =
         if let Ok(prog) = <&mut CgroupSockAddr>::try_from(&mut *prog) {
-            prog.load().map_err(|err| load_error(program, err))?;
-            let id = prog
-                .attach(cgroup_dir, CgroupAttachMode::Single)
-                .map_err(attach_err)?;
-            prog.take_link(id)
-                .and_then(|link| FdLink::try_from(link).map_err(link_to_program_error))
+            load_and_attach!(prog)
         } else if let Ok(prog) = <&mut SockOps>::try_from(&mut *prog) {
-            prog.load().map_err(|err| load_error(program, err))?;
-            let id = prog
-                .attach(cgroup_dir, CgroupAttachMode::Single)
-                .map_err(attach_err)?;
-            prog.take_link(id)
-                .and_then(|link| FdLink::try_from(link).map_err(link_to_program_error))
+            load_and_attach!(prog)
         } else {
             return Err(DataplaneError::MissingProgram(program));
         };

@@ -160,6 +160,9 @@ impl Dataplane {
             && records_unchanged
             && removed.is_empty()
         {
+            // Nothing to write; still let drained backends go (a check of the cache, with map
+            // reads only for retired backends past their grace period).
+            self.reclaim_retired(cache)?;
             return Ok(status(info.generation, false, false));
         }
 

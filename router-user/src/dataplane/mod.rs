@@ -571,3 +571,12 @@ pub(crate) fn fs_magic(path: &Path) -> std::io::Result<i64> {
     #[allow(clippy::unnecessary_cast)]
     Ok(stat.f_type as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_handle_can_be_shared_across_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::Dataplane>();
+    }
+}

@@ -29,7 +29,8 @@ use super::{
     table::{build_table, slot_counts},
 };
 
-/// Seconds a retired backend id stays reserved after retirement, even with no live connection.
+/// Whole `CLOCK_BOOTTIME` seconds a retired backend id stays reserved, even with no live
+/// connection (so at least one second of real time).
 const RETIRE_GRACE_S: u32 = 2;
 
 impl Dataplane {
@@ -356,9 +357,15 @@ fn backend_record(spec: &BackendSpec, pool_id: u32) -> Backend {
 }
 
 /// Pool ids are handed out after the highest in use (wrapping), not lowest-first, so a freshly
-/// removed pool's slot is not immediately reused.
+/// removed pool's slot is not immediately reused; an id whose retired backends still drain is
+/// skipped too (they would otherwise show up under the new pool).
 fn free_pool_id(cache: &Cache) -> Option<u32> {
-    let used: HashSet<u32> = cache.pools.values().map(|info| info.pool_id).collect();
+    let used: HashSet<u32> = cache
+        .pools
+        .values()
+        .map(|info| info.pool_id)
+        .chain(cache.backends.values().map(|b| b.pool_id))
+        .collect();
     let start = cache
         .pools
         .values()

@@ -1,12 +1,20 @@
+//! Switchyard's BPF programs: connect-time steering of TCP connections to pool virtual
+//! addresses (VIPs), reverse translation for `getpeername`, and live connection counts.
+//!
+//! Nothing here runs per packet: `connect4/6` run once per `connect()`, `getpeername4/6` once
+//! per `getpeername()`, and `sock_ops` on a handful of TCP state changes per connection.
+//! Map layouts live in `router-common`; userspace (`router-user/src/dataplane`) builds the
+//! selection tables and swaps them whole, so BPF only indexes them.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the only way to emit a BPF atomic add from Rust (see `sockops::atomic_add`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-
-#[cgroup_sock_addr(connect4)]
-pub fn steer_connect4(_ctx: SockAddrContext) -> i32 {
-    1
-}
+mod maps;
+mod peer;
+mod sockops;
+mod steer;
 
 #[cfg(not(test))]
 #[panic_handler]

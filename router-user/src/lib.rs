@@ -1,14 +1,18 @@
 //! Switchyard: a GPU-aware inference router for Kubernetes.
 //!
 //! The library holds every part; `main.rs` only calls [`cli::main`]. Modules by concept:
+//! - [`bench`]: `switchyard bench ...` measurements (figures in `docs/benchmarks.md`).
 //! - [`dataplane`]: eBPF connect-time steering (load, pin, program pools, read counts).
+//! - [`demo`]: `switchyard demo`, a self-contained dataplane demo.
 //! - [`telemetry`]: the normalised endpoint-load and GPU records every part shares.
 //! - [`k8s`]: InferencePool / InferenceObjective resources, CRDs, cluster watchers.
 //! - [`clock`]: real and virtual time (the cluster simulation drives the same code).
 //! - [`cli`]: the `switchyard` command line.
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod dataplane;
+pub mod demo;
 pub mod k8s;
 pub mod logging;
 pub mod telemetry;

@@ -24,6 +24,11 @@ pub enum Command {
     Dataplane(crate::dataplane::cli::DataplaneArgs),
     /// Print the CustomResourceDefinitions (InferencePool, InferenceObjective) as YAML.
     Crdgen(crate::k8s::cli::CrdgenArgs),
+    /// Measurements: `bench dataplane` (connect cost of steering).
+    Bench(crate::bench::BenchArgs),
+    /// Self-contained demo (root): steer a weighted pool in a temporary cgroup and show where
+    /// connections went.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Parses arguments, runs the subcommand on a tokio runtime, and maps errors to exit codes.
@@ -53,5 +58,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dataplane(args) => crate::dataplane::cli::run(args).await,
         Command::Crdgen(args) => crate::k8s::cli::run_crdgen(args),
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
     }
 }

@@ -4,8 +4,10 @@
 //! agent-less scraper, the cluster simulation. Consumers: the scheduler, the agent's scoring,
 //! node reports. Every sample carries the time it was taken and a sequence number, so consumers
 //! know its age: stale is not idle, and never-seen is not idle.
+pub mod engines;
 pub mod gpu;
 pub mod load;
+pub mod prom;
 
 pub use gpu::{GpuProcess, GpuSample, ThrottleReasons};
 pub use load::{EndpointLoad, EngineKind, LoraState};

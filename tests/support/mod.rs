@@ -31,3 +31,22 @@ pub fn set_value(text: &str, name: &str, value: f64) -> String {
         .join("\n")
         + "\n"
 }
+
+/// Serves `router` on 127.0.0.1 (port chosen by the OS) until the test's runtime ends.
+pub async fn serve(router: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let _ = axum::serve(listener, service).await;
+    });
+    addr
+}
+
+/// A loopback address nothing listens on (bound, then released).
+pub fn dead_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address")
+}

@@ -6,8 +6,10 @@
 //! know its age: stale is not idle, and never-seen is not idle.
 pub mod engines;
 pub mod gpu;
+pub mod http;
 pub mod load;
 pub mod prom;
+pub mod scrape;
 
 pub use gpu::{GpuProcess, GpuSample, ThrottleReasons};
 pub use load::{EndpointLoad, EngineKind, LoraState};

@@ -1,0 +1,511 @@
+//! Polls the local model servers' metrics pages and keeps one [`EndpointLoad`] per endpoint.
+//!
+//! Each endpoint has its own task and interval (a slow server delays nobody else), its own
+//! reused body buffer and normaliser state. Readers see a table of [`EndpointStatus`] and a
+//! [`watch`] counter that moves on every update. Rules the consumers rely on:
+//! - an endpoint never scraped successfully has no load (`load: None`): unknown, never idle;
+//! - a failed scrape keeps the last load with its old `sampled_at` (its age grows) and records
+//!   the error in [`ScrapeState`].
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::MissedTickBehavior;
+
+use crate::clock::{Clock, Micros};
+use crate::telemetry::engines::{LoadNormalizer, NormalizeError, default_metrics_path};
+use crate::telemetry::http::{HttpError, HttpGetter};
+use crate::telemetry::load::{EndpointLoad, EngineKind};
+
+/// Ask for the classic text format: prometheus_client would otherwise be free to pick OpenMetrics.
+const ACCEPT_TEXT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
+
+/// One model server to poll.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ScrapeTarget {
+    pub addr: SocketAddr,
+    /// `None`: detected from the metric names on the page.
+    pub engine: Option<EngineKind>,
+    /// `None`: the engine's default (`/prometheus/metrics` for trtllm-serve, else `/metrics`).
+    pub path: Option<String>,
+}
+
+impl ScrapeTarget {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            engine: None,
+            path: None,
+        }
+    }
+
+    pub fn with_engine(mut self, engine: EngineKind) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    pub fn path(&self) -> &str {
+        self.path
+            .as_deref()
+            .unwrap_or_else(|| default_metrics_path(self.engine))
+    }
+
+    pub fn uri(&self) -> Result<Uri, ScrapeConfigError> {
+        format!("http://{}{}", self.addr, self.path())
+            .parse()
+            .map_err(|err| ScrapeConfigError::BadPath {
+                target: self.to_string(),
+                reason: format!("{err}"),
+            })
+    }
+}
+
+/// `ADDR[/PATH][@ENGINE]`, e.g. `10.0.3.7:8000@vllm` or `10.0.3.8:8000/prometheus/metrics`.
+impl FromStr for ScrapeTarget {
+    type Err = ScrapeConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| ScrapeConfigError::BadTarget {
+            target: text.to_owned(),
+            reason,
+        };
+        let (rest, engine) = match text.rsplit_once('@') {
+            Some((rest, engine)) => (rest, Some(engine.parse::<EngineKind>().map_err(bad)?)),
+            None => (text, None),
+        };
+        let (addr, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], Some(rest[slash..].to_owned())),
+            None => (rest, None),
+        };
+        let addr = addr
+            .parse::<SocketAddr>()
+            .map_err(|err| bad(format!("`{addr}` is not IP:PORT ({err})")))?;
+        let target = Self { addr, engine, path };
+        target.uri()?;
+        Ok(target)
+    }
+}
+
+impl fmt::Display for ScrapeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.addr, self.path())?;
+        if let Some(engine) = self.engine {
+            write!(f, "@{engine}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ScrapeConfig {
+    pub targets: Vec<ScrapeTarget>,
+    /// Time between two scrapes of one endpoint.
+    pub interval: Duration,
+    /// Budget of one scrape (connect, request, body); must not exceed `interval`.
+    pub timeout: Duration,
+    /// Largest body accepted; bigger pages fail the scrape instead of exhausting memory.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(40),
+            max_body_bytes: 8 << 20,
+        }
+    }
+}
+
+impl ScrapeConfig {
+    pub fn validate(&self) -> Result<(), ScrapeConfigError> {
+        if self.interval.is_zero() || self.timeout.is_zero() {
+            return Err(ScrapeConfigError::ZeroDuration);
+        }
+        if self.timeout > self.interval {
+            return Err(ScrapeConfigError::TimeoutAboveInterval {
+                timeout: self.timeout,
+                interval: self.interval,
+            });
+        }
+        for target in &self.targets {
+            target.uri()?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScrapeConfigError {
+    #[error("scrape interval and timeout must be above zero")]
+    ZeroDuration,
+    #[error(
+        "scrape timeout {timeout:?} exceeds the interval {interval:?}: scrapes of one endpoint would overlap"
+    )]
+    TimeoutAboveInterval {
+        timeout: Duration,
+        interval: Duration,
+    },
+    #[error("bad scrape target `{target}`: {reason}")]
+    BadTarget { target: String, reason: String },
+    #[error("bad metrics path in `{target}`: {reason}")]
+    BadPath { target: String, reason: String },
+}
+
+/// Why one scrape failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("body is not UTF-8 (first bad byte at offset {0})")]
+    NotUtf8(usize),
+    #[error(transparent)]
+    Normalize(#[from] NormalizeError),
+    #[error(transparent)]
+    Config(#[from] ScrapeConfigError),
+}
+
+/// How scraping one endpoint is going.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrapeState {
+    /// When the last successful scrape finished.
+    pub last_ok: Option<Micros>,
+    /// The last failure and when it happened (kept after recovery, for diagnosis).
+    pub last_error: Option<(Micros, String)>,
+    pub consecutive_failures: u32,
+    /// Duration of the last scrape, successful or not.
+    pub latency: Option<Micros>,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+impl ScrapeState {
+    pub fn is_failing(&self) -> bool {
+        self.consecutive_failures > 0
+    }
+}
+
+/// What is known about one endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointStatus {
+    pub target: ScrapeTarget,
+    /// The engine the page is read as (configured or detected), once known.
+    pub engine: Option<EngineKind>,
+    /// The last good reading; `None` until the first successful scrape.
+    pub load: Option<EndpointLoad>,
+    pub scrape: ScrapeState,
+}
+
+impl EndpointStatus {
+    fn new(target: ScrapeTarget) -> Self {
+        Self {
+            engine: target.engine,
+            target,
+            load: None,
+            scrape: ScrapeState::default(),
+        }
+    }
+}
+
+struct Shared {
+    table: RwLock<HashMap<SocketAddr, EndpointStatus>>,
+    updates: watch::Sender<u64>,
+    tasks: Mutex<HashMap<SocketAddr, (ScrapeTarget, AbortHandle)>>,
+    getter: HttpGetter,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    timeout: Duration,
+    max_body_bytes: usize,
+}
+
+/// The running poller. Dropping it stops every scrape task.
+pub struct Scraper {
+    shared: Arc<Shared>,
+}
+
+impl Scraper {
+    /// Starts one task per target on the current tokio runtime.
+    pub fn spawn(config: ScrapeConfig, clock: Arc<dyn Clock>) -> Result<Self, ScrapeConfigError> {
+        config.validate()?;
+        let (updates, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            table: RwLock::new(HashMap::new()),
+            updates,
+            tasks: Mutex::new(HashMap::new()),
+            getter: HttpGetter::new(config.timeout),
+            clock,
+            interval: config.interval,
+            timeout: config.timeout,
+            max_body_bytes: config.max_body_bytes,
+        });
+        let scraper = Self { shared };
+        scraper.set_targets(config.targets)?;
+        Ok(scraper)
+    }
+
+    /// Replaces the endpoint set: new targets start, removed ones stop and leave the table,
+    /// targets whose engine or path changed start over; unchanged ones keep their state.
+    pub fn set_targets(&self, targets: Vec<ScrapeTarget>) -> Result<(), ScrapeConfigError> {
+        for target in &targets {
+            target.uri()?;
+        }
+        let wanted: HashMap<SocketAddr, ScrapeTarget> =
+            targets.into_iter().map(|t| (t.addr, t)).collect();
+        let mut tasks = self.shared.tasks.lock();
+        let mut table = self.shared.table.write();
+        tasks.retain(|addr, (target, handle)| {
+            let keep = wanted.get(addr) == Some(target);
+            if !keep {
+                handle.abort();
+                table.remove(addr);
+            }
+            keep
+        });
+        for (addr, target) in wanted {
+            if tasks.contains_key(&addr) {
+                continue;
+            }
+            table.insert(addr, EndpointStatus::new(target.clone()));
+            let handle = tokio::spawn(scrape_loop(Arc::clone(&self.shared), target.clone()));
+            tasks.insert(addr, (target, handle.abort_handle()));
+        }
+        drop(table);
+        drop(tasks);
+        self.shared.updates.send_modify(|version| *version += 1);
+        Ok(())
+    }
+
+    /// A counter that moves whenever any endpoint's status changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.updates.subscribe()
+    }
+
+    pub fn status(&self, addr: SocketAddr) -> Option<EndpointStatus> {
+        self.shared.table.read().get(&addr).cloned()
+    }
+
+    /// Every endpoint, sorted by address.
+    pub fn statuses(&self) -> Vec<EndpointStatus> {
+        let mut all: Vec<_> = self.shared.table.read().values().cloned().collect();
+        all.sort_by_key(|status| status.target.addr);
+        all
+    }
+
+    /// The last good reading of `addr`, if it was ever scraped successfully.
+    pub fn load(&self, addr: SocketAddr) -> Option<EndpointLoad> {
+        self.shared.table.read().get(&addr)?.load.clone()
+    }
+
+    /// Calls `visit` on each endpoint under the read lock (no copies).
+    pub fn for_each(&self, mut visit: impl FnMut(&EndpointStatus)) {
+        for status in self.shared.table.read().values() {
+            visit(status);
+        }
+    }
+
+    pub fn shutdown(&self) {
+        for (_, (_, handle)) in self.shared.tasks.lock().drain() {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What one endpoint's task carries from scrape to scrape.
+struct TargetWorker {
+    uri: Uri,
+    normalizer: LoadNormalizer,
+    body: Vec<u8>,
+    load: EndpointLoad,
+}
+
+impl TargetWorker {
+    fn new(target: &ScrapeTarget) -> Result<Self, ScrapeConfigError> {
+        Ok(Self {
+            uri: target.uri()?,
+            normalizer: LoadNormalizer::new(target.engine),
+            body: Vec::with_capacity(64 << 10),
+            load: EndpointLoad::default(),
+        })
+    }
+
+    async fn scrape(
+        &mut self,
+        getter: &HttpGetter,
+        clock: &dyn Clock,
+        timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Result<(), ScrapeError> {
+        let fetched = tokio::time::timeout(
+            timeout,
+            getter.get_into(&self.uri, ACCEPT_TEXT, &mut self.body, max_body_bytes),
+        )
+        .await;
+        match fetched {
+            Err(_) => return Err(ScrapeError::Timeout(timeout)),
+            Ok(result) => result?,
+        }
+        let text = std::str::from_utf8(&self.body)
+            .map_err(|err| ScrapeError::NotUtf8(err.valid_up_to()))?;
+        self.normalizer
+            .normalize_into(text, clock.now(), &mut self.load)?;
+        Ok(())
+    }
+}
+
+async fn scrape_loop(shared: Arc<Shared>, target: ScrapeTarget) {
+    let mut worker = match TargetWorker::new(&target) {
+        Ok(worker) => worker,
+        Err(err) => {
+            // Validated in set_targets; kept as a logged no-op rather than a panic.
+            tracing::error!(target = %target, error = %err, "cannot scrape target");
+            return;
+        }
+    };
+    let mut ticker = tokio::time::interval(shared.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started = shared.clock.now();
+        let result = worker
+            .scrape(
+                &shared.getter,
+                shared.clock.as_ref(),
+                shared.timeout,
+                shared.max_body_bytes,
+            )
+            .await;
+        let finished = shared.clock.now();
+        publish(
+            &shared,
+            &target,
+            &worker,
+            result,
+            finished.saturating_sub(started),
+            finished,
+        );
+    }
+}
+
+fn publish(
+    shared: &Shared,
+    target: &ScrapeTarget,
+    worker: &TargetWorker,
+    result: Result<(), ScrapeError>,
+    latency: Micros,
+    now: Micros,
+) {
+    {
+        let mut table = shared.table.write();
+        // The target may have been removed while this scrape was in flight.
+        let Some(status) = table.get_mut(&target.addr) else {
+            return;
+        };
+        let state = &mut status.scrape;
+        state.latency = Some(latency);
+        match result {
+            Ok(()) => {
+                if state.consecutive_failures > 0 {
+                    tracing::info!(
+                        target = %target,
+                        failures = state.consecutive_failures,
+                        "metrics scrape recovered"
+                    );
+                }
+                state.last_ok = Some(now);
+                state.consecutive_failures = 0;
+                state.successes += 1;
+                status.engine = worker.normalizer.engine();
+                match &mut status.load {
+                    // clone_from reuses the LoRA name vectors already there.
+                    Some(load) => load.clone_from(&worker.load),
+                    None => status.load = Some(worker.load.clone()),
+                }
+            }
+            Err(err) => {
+                if state.consecutive_failures == 0 {
+                    tracing::warn!(target = %target, error = %err, "metrics scrape failed");
+                }
+                state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+                state.failures += 1;
+                state.last_error = Some((now, err.to_string()));
+            }
+        }
+    }
+    shared.updates.send_modify(|version| *version += 1);
+}
+
+/// Scrapes one endpoint once (for `switchyard agent snapshot` and diagnostics). Rates and
+/// latency means need two scrapes, so they are only present when the engine publishes a gauge.
+pub async fn scrape_once(
+    target: &ScrapeTarget,
+    timeout: Duration,
+    clock: &dyn Clock,
+) -> Result<EndpointLoad, ScrapeError> {
+    let mut worker = TargetWorker::new(target)?;
+    let getter = HttpGetter::new(timeout);
+    worker
+        .scrape(
+            &getter,
+            clock,
+            timeout,
+            ScrapeConfig::default().max_body_bytes,
+        )
+        .await?;
+    Ok(worker.load)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_with_optional_path_and_engine() {
+        let plain: ScrapeTarget = "10.0.0.5:8000".parse().unwrap();
+        assert_eq!(plain.path(), "/metrics");
+        assert_eq!(plain.engine, None);
+        let trt: ScrapeTarget = "10.0.0.6:8000@trtllm".parse().unwrap();
+        assert_eq!(trt.path(), "/prometheus/metrics");
+        let custom: ScrapeTarget = "[::1]:9000/custom/metrics@sglang".parse().unwrap();
+        assert_eq!(custom.path(), "/custom/metrics");
+        assert_eq!(custom.engine, Some(EngineKind::Sglang));
+        assert_eq!(custom.to_string(), "[::1]:9000/custom/metrics@sglang");
+        let err = "pod-a:8000".parse::<ScrapeTarget>().unwrap_err();
+        assert!(err.to_string().contains("not IP:PORT"), "{err}");
+        let err = "10.0.0.5:8000@tgi".parse::<ScrapeTarget>().unwrap_err();
+        assert!(err.to_string().contains("unknown engine"), "{err}");
+    }
+
+    #[test]
+    fn config_rejects_overlapping_scrapes() {
+        let config = ScrapeConfig {
+            timeout: Duration::from_millis(80),
+            ..ScrapeConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ScrapeConfigError::TimeoutAboveInterval { .. })
+        ));
+        assert!(ScrapeConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,295 @@
+//! The metrics scraper against real HTTP servers on 127.0.0.1 serving the engine fixtures.
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
+use axum::routing::get;
+use parking_lot::Mutex;
+use support::{dead_addr, fixture, serve};
+use switchyard::clock::SystemClock;
+use switchyard::telemetry::scrape::{
+    EndpointStatus, ScrapeConfig, ScrapeTarget, Scraper, scrape_once,
+};
+use switchyard::telemetry::{EngineKind, engines::default_metrics_path};
+
+fn fixture_router(path: &'static str, file: &str) -> Router {
+    let body = fixture(file);
+    Router::new().route(path, get(move || std::future::ready(body.clone())))
+}
+
+/// Production cadence is 50 ms / 40 ms; tests leave more slack so a busy CI machine does not
+/// turn a good endpoint into a timeout.
+fn config(targets: Vec<ScrapeTarget>) -> ScrapeConfig {
+    ScrapeConfig {
+        targets,
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(90),
+        ..ScrapeConfig::default()
+    }
+}
+
+/// Waits (at most 5 s) until `done` holds for the scraper's statuses.
+async fn wait_for(scraper: &Scraper, mut done: impl FnMut(&[EndpointStatus]) -> bool) {
+    let mut updates = scraper.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if done(&scraper.statuses()) {
+            return;
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero()
+            || tokio::time::timeout(remaining, updates.changed())
+                .await
+                .is_err()
+        {
+            panic!("condition not reached in 5 s: {:#?}", scraper.statuses());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_slow_dead_and_malformed_endpoints_side_by_side() {
+    let vllm = serve(fixture_router("/metrics", "metrics/vllm.txt")).await;
+    let sglang = serve(fixture_router("/metrics", "metrics/sglang.txt")).await;
+    let trtllm = serve(fixture_router(
+        default_metrics_path(Some(EngineKind::Trtllm)),
+        "metrics/trtllm.txt",
+    ))
+    .await;
+    let triton = serve(fixture_router("/metrics", "metrics/triton.txt")).await;
+    let malformed = serve(fixture_router(
+        "/metrics",
+        "metrics/malformed/bad_value.txt",
+    ))
+    .await;
+    let slow_body = fixture("metrics/vllm.txt");
+    let slow = serve(Router::new().route(
+        "/metrics",
+        get(move || {
+            let body = slow_body.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                body
+            }
+        }),
+    ))
+    .await;
+    let dead = dead_addr();
+
+    let scraper = Scraper::spawn(
+        config(vec![
+            ScrapeTarget::new(vllm),
+            ScrapeTarget::new(sglang).with_engine(EngineKind::Sglang),
+            ScrapeTarget::new(trtllm).with_engine(EngineKind::Trtllm),
+            ScrapeTarget::new(triton),
+            ScrapeTarget::new(malformed),
+            ScrapeTarget::new(slow),
+            ScrapeTarget::new(dead),
+        ]),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+
+    let failing = [malformed, slow, dead];
+    wait_for(&scraper, |all| {
+        all.iter().all(|s| {
+            if failing.contains(&s.target.addr) {
+                s.scrape.failures >= 2
+            } else {
+                s.load.as_ref().is_some_and(|load| load.seq >= 2)
+            }
+        })
+    })
+    .await;
+
+    let by_addr = |addr: SocketAddr| scraper.status(addr).unwrap();
+    for (addr, engine, waiting, running) in [
+        (vllm, EngineKind::Vllm, 3, 12),
+        (sglang, EngineKind::Sglang, 6, 40),
+        (trtllm, EngineKind::Trtllm, 9, 64),
+        (triton, EngineKind::Triton, 6, 30),
+    ] {
+        let status = by_addr(addr);
+        let load = status
+            .load
+            .as_ref()
+            .unwrap_or_else(|| panic!("{status:#?}"));
+        assert_eq!(status.engine, Some(engine));
+        assert_eq!(
+            (load.engine, load.waiting, load.running),
+            (engine, waiting, running)
+        );
+        assert!(status.scrape.last_ok.is_some() && status.scrape.latency.is_some());
+    }
+
+    // Never scraped successfully: unknown, not idle.
+    for addr in failing {
+        let status = by_addr(addr);
+        assert_eq!(status.load, None, "{status:#?}");
+        assert_eq!(status.scrape.last_ok, None);
+        assert!(status.scrape.consecutive_failures >= 2, "{status:#?}");
+    }
+    let error = |addr| by_addr(addr).scrape.last_error.unwrap().1;
+    let malformed_error = error(malformed);
+    assert!(
+        malformed_error.contains("line 3") && malformed_error.contains("twelve"),
+        "{malformed_error}"
+    );
+    assert!(error(slow).contains("timed out"), "{}", error(slow));
+    assert!(error(dead).contains("request failed"), "{}", error(dead));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_keeps_its_last_reading_with_its_old_timestamp() {
+    let page = Arc::new(Mutex::new(Some(fixture("metrics/vllm.txt"))));
+    let served = Arc::clone(&page);
+    let addr = serve(Router::new().route(
+        "/metrics",
+        get(move || {
+            let body = served.lock().clone();
+            async move { body.ok_or(StatusCode::SERVICE_UNAVAILABLE) }
+        }),
+    ))
+    .await;
+    let scraper =
+        Scraper::spawn(config(vec![ScrapeTarget::new(addr)]), Arc::new(SystemClock)).unwrap();
+    wait_for(&scraper, |all| all[0].load.is_some()).await;
+
+    *page.lock() = None;
+    wait_for(&scraper, |all| all[0].scrape.consecutive_failures >= 3).await;
+    let failing = scraper.status(addr).unwrap();
+    let kept = failing.load.clone().expect("last reading kept");
+    assert_eq!(kept.waiting, 3);
+    assert!(kept.sampled_at <= failing.scrape.last_ok.unwrap());
+    assert!(
+        failing
+            .scrape
+            .last_error
+            .as_ref()
+            .unwrap()
+            .1
+            .contains("503")
+    );
+    assert!(failing.scrape.last_error.as_ref().unwrap().0 > kept.sampled_at);
+
+    *page.lock() = Some(fixture("metrics/vllm.txt").replace(
+        "vllm:num_requests_waiting{engine=\"0\",model_name=\"meta-llama/Llama-3.1-8B-Instruct\"} 3.0",
+        "vllm:num_requests_waiting{engine=\"0\",model_name=\"meta-llama/Llama-3.1-8B-Instruct\"} 8.0",
+    ));
+    wait_for(&scraper, |all| {
+        all[0].scrape.consecutive_failures == 0 && all[0].load.as_ref().unwrap().waiting == 8
+    })
+    .await;
+    let recovered = scraper.load(addr).unwrap();
+    assert!(recovered.sampled_at > kept.sampled_at);
+    assert!(recovered.seq > kept.seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_change_at_run_time() {
+    let first = serve(fixture_router("/metrics", "metrics/vllm.txt")).await;
+    let second = serve(fixture_router("/metrics", "metrics/sglang.txt")).await;
+    let scraper = Scraper::spawn(
+        config(vec![ScrapeTarget::new(first)]),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    wait_for(&scraper, |all| all.len() == 1 && all[0].load.is_some()).await;
+
+    scraper
+        .set_targets(vec![ScrapeTarget::new(first), ScrapeTarget::new(second)])
+        .unwrap();
+    wait_for(&scraper, |all| {
+        all.len() == 2 && all.iter().all(|s| s.load.is_some())
+    })
+    .await;
+    let first_seq = scraper.load(first).unwrap().seq;
+    assert!(first_seq >= 1);
+
+    scraper
+        .set_targets(vec![ScrapeTarget::new(second)])
+        .unwrap();
+    assert!(scraper.status(first).is_none());
+    assert_eq!(scraper.statuses().len(), 1);
+
+    // Same address, new engine setting: its state starts over.
+    scraper
+        .set_targets(vec![
+            ScrapeTarget::new(second).with_engine(EngineKind::Vllm),
+        ])
+        .unwrap();
+    wait_for(&scraper, |all| all[0].scrape.failures >= 1).await;
+    let status = scraper.status(second).unwrap();
+    assert_eq!(status.load, None);
+    assert!(
+        status
+            .scrape
+            .last_error
+            .unwrap()
+            .1
+            .contains("vllm:num_requests_waiting")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_kept_alive_between_scrapes() {
+    let body = fixture("metrics/triton.txt");
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&peers);
+    let addr = serve(Router::new().route(
+        "/metrics",
+        get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            seen.lock().push(peer);
+            std::future::ready(body.clone())
+        }),
+    ))
+    .await;
+    let scraper =
+        Scraper::spawn(config(vec![ScrapeTarget::new(addr)]), Arc::new(SystemClock)).unwrap();
+    wait_for(&scraper, |all| all[0].scrape.successes >= 5).await;
+    let peers = peers.lock().clone();
+    assert!(peers.len() >= 5);
+    assert!(peers.iter().all(|peer| *peer == peers[0]), "{peers:?}");
+}
+
+#[tokio::test]
+async fn scrape_once_reads_one_page() {
+    let hits = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&hits);
+    let body = fixture("metrics/vllm_v0_legacy.txt");
+    let addr = serve(Router::new().route(
+        "/metrics",
+        get(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(body.clone())
+        }),
+    ))
+    .await;
+    let load = scrape_once(
+        &ScrapeTarget::new(addr),
+        Duration::from_secs(2),
+        &SystemClock,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (load.engine, load.waiting, load.running),
+        (EngineKind::Vllm, 5, 7)
+    );
+    assert_eq!(load.seq, 1);
+    assert_eq!(hits.load(Ordering::Relaxed), 1);
+    let err = scrape_once(
+        &ScrapeTarget::new(dead_addr()),
+        Duration::from_secs(2),
+        &SystemClock,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("request failed"), "{err}");
+}

@@ -6,8 +6,12 @@
 //! know its age: stale is not idle, and never-seen is not idle.
 pub mod engines;
 pub mod gpu;
+pub mod gpu_sim;
+pub mod gpu_source;
+pub mod health;
 pub mod http;
 pub mod load;
+pub mod nvml;
 pub mod prom;
 pub mod scrape;
 

@@ -12,6 +12,7 @@ pub mod health;
 pub mod http;
 pub mod load;
 pub mod nvml;
+pub mod pods;
 pub mod prom;
 pub mod scrape;
 

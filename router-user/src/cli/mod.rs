@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// eBPF connect-time steering: attach programs, program pools, show live connection counts.
     Dataplane(crate::dataplane::cli::DataplaneArgs),
+    /// What the node agent senses: scrape model servers, check a metrics page, read the GPUs.
+    Telemetry(crate::telemetry::cli::TelemetryArgs),
 }
 
 /// Parses arguments, runs the subcommand on a tokio runtime, and maps errors to exit codes.
@@ -50,5 +52,6 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dataplane(args) => crate::dataplane::cli::run(args).await,
+        Command::Telemetry(args) => crate::telemetry::cli::run(args).await,
     }
 }

@@ -11,8 +11,9 @@ use crate::telemetry::prom::{self, ParseError, Sample};
 /// Why a page could not be turned into a load reading. The previous reading stays valid.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NormalizeError {
+    // Not a `#[source]`: the message already carries it, and chains would print it twice.
     #[error("malformed metrics text: {0}")]
-    Parse(#[from] ParseError),
+    Parse(ParseError),
     #[error(
         "cannot tell the engine: no vllm:, sglang:, trtllm_ or nv_trt_llm_ / nv_inference_ metrics on the page"
     )]
@@ -25,6 +26,12 @@ pub enum NormalizeError {
     },
     #[error("the body is JSON, not Prometheus text{hint}")]
     NotPrometheusText { hint: &'static str },
+}
+
+impl From<ParseError> for NormalizeError {
+    fn from(err: ParseError) -> Self {
+        Self::Parse(err)
+    }
 }
 
 /// Guesses the engine from the metric names on a page.

@@ -120,8 +120,9 @@ pub struct TelemetrySelection {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetrySelectError {
+    // Not a `#[source]`: the message already carries it, and chains would print it twice.
     #[error("--telemetry nvml: {0}")]
-    Nvml(#[from] NvmlStartError),
+    Nvml(NvmlStartError),
     #[error("--telemetry sim needs at least one simulated endpoint")]
     NoSimEndpoints,
 }
@@ -154,7 +155,7 @@ pub fn select_telemetry(
     };
     match mode {
         TelemetryMode::Off => Ok(absent("disabled by --telemetry off".to_owned())),
-        TelemetryMode::Nvml => Ok(nvml()?),
+        TelemetryMode::Nvml => nvml().map_err(TelemetrySelectError::Nvml),
         TelemetryMode::Sim => sim(),
         TelemetryMode::Auto => match nvml() {
             Ok(selection) => Ok(selection),

@@ -436,11 +436,8 @@ fn publish(
                 state.consecutive_failures = 0;
                 state.successes += 1;
                 status.engine = worker.normalizer.engine();
-                match &mut status.load {
-                    // clone_from reuses the LoRA name vectors already there.
-                    Some(load) => load.clone_from(&worker.load),
-                    None => status.load = Some(worker.load.clone()),
-                }
+                // Scalars only, except the LoRA name lists when the engine has LoRA enabled.
+                status.load = Some(worker.load.clone());
             }
             Err(err) => {
                 if state.consecutive_failures == 0 {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, RawQuery};
 use axum::http::StatusCode;
 use axum::routing::get;
 use parking_lot::Mutex;
@@ -292,4 +292,112 @@ async fn scrape_once_reads_one_page() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("request failed"), "{err}");
+}
+
+/// Serves `page`, honouring `?name[]=` like prometheus_client unless `multiprocess`, where the
+/// restricted registry is empty. Records the raw query of every request.
+async fn prometheus_client_server(
+    page: String,
+    multiprocess: bool,
+) -> (SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
+    let queries = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&queries);
+    let addr = serve(Router::new().route(
+        "/metrics",
+        get(move |RawQuery(query): RawQuery| {
+            seen.lock().push(query.clone());
+            let body = match support::restrict_to_names(&page, query.as_deref()) {
+                Some(_) if multiprocess => String::new(),
+                Some(restricted) => restricted,
+                None => page.clone(),
+            };
+            std::future::ready(body)
+        }),
+    ))
+    .await;
+    (addr, queries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_client_servers_are_asked_for_only_what_we_read() {
+    let page = fixture("metrics/vllm.txt");
+    let (addr, queries) = prometheus_client_server(page.clone(), false).await;
+    let scraper =
+        Scraper::spawn(config(vec![ScrapeTarget::new(addr)]), Arc::new(SystemClock)).unwrap();
+    wait_for(&scraper, |all| {
+        all[0].load.as_ref().is_some_and(|l| l.seq >= 4)
+    })
+    .await;
+    let load = scraper.load(addr).unwrap();
+    assert_eq!(
+        (load.waiting, load.running, load.kv_cache_usage),
+        (3, 12, 0.4375)
+    );
+    assert_eq!(
+        (load.block_size, load.num_gpu_blocks),
+        (Some(16), Some(27306))
+    );
+    assert_eq!(load.lora.unwrap().running, vec!["sql-lora", "chat-lora"]);
+    let queries = queries.lock().clone();
+    // The first page is read whole to detect the engine; the rest are filtered.
+    assert_eq!(queries[0], None);
+    let filtered = queries[1].as_deref().expect("filtered after detection");
+    assert!(
+        filtered.contains("name%5B%5D=vllm:num_requests_waiting"),
+        "{filtered}"
+    );
+    assert!(
+        filtered.contains("name%5B%5D=vllm:time_to_first_token_seconds_sum"),
+        "{filtered}"
+    );
+    let restricted = support::restrict_to_names(&page, Some(filtered)).unwrap();
+    assert!(
+        restricted.len() * 10 < page.len(),
+        "{} of {} bytes",
+        restricted.len(),
+        page.len()
+    );
+    assert!(queries[1..].iter().all(|q| q.as_deref() == Some(filtered)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_filtered_page_falls_back_to_full_pages_without_a_failure() {
+    let (addr, queries) = prometheus_client_server(fixture("metrics/trtllm.txt"), true).await;
+    let target = ScrapeTarget::new(addr)
+        .with_engine(EngineKind::Trtllm)
+        .with_path("/metrics");
+    let scraper = Scraper::spawn(config(vec![target]), Arc::new(SystemClock)).unwrap();
+    wait_for(&scraper, |all| {
+        all[0].load.as_ref().is_some_and(|l| l.seq >= 3)
+    })
+    .await;
+    let status = scraper.status(addr).unwrap();
+    assert_eq!(status.scrape.failures, 0, "{status:#?}");
+    assert_eq!(status.load.unwrap().waiting, 9);
+    let queries = queries.lock().clone();
+    assert!(
+        queries[0].is_some(),
+        "configured engine: filtered from the start"
+    );
+    assert!(queries[1..].iter().all(Option::is_none), "{queries:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_without_filter_support_are_never_asked() {
+    let (sglang, sglang_queries) =
+        prometheus_client_server(fixture("metrics/sglang.txt"), true).await;
+    let (triton, triton_queries) =
+        prometheus_client_server(fixture("metrics/triton.txt"), false).await;
+    let scraper = Scraper::spawn(
+        config(vec![ScrapeTarget::new(sglang), ScrapeTarget::new(triton)]),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    wait_for(&scraper, |all| {
+        all.iter()
+            .all(|s| s.load.as_ref().is_some_and(|l| l.seq >= 3))
+    })
+    .await;
+    assert!(sglang_queries.lock().iter().all(Option::is_none));
+    assert!(triton_queries.lock().iter().all(Option::is_none));
 }

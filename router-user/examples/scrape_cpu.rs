@@ -3,16 +3,19 @@
 //! time (CLOCK_THREAD_CPUTIME_ID) and heap allocations are counted over the run. The servers
 //! run on other threads and are not counted.
 //!
-//! Run: `cargo run --release -p router-user --example scrape_cpu -- [ENDPOINTS] [SECONDS] [FIXTURE]`
-//! (defaults: 8 endpoints, 10 s, tests/fixtures/metrics/vllm.txt; 50 ms interval, 40 ms timeout).
+//! Run: `cargo run --release -p router-user --example scrape_cpu -- [ENDPOINTS] [SECONDS]
+//! [FIXTURE] [filtered|full]` (defaults: 8 endpoints, 10 s, `metrics/vllm.txt` under
+//! tests/fixtures, `filtered`; 50 ms interval, 40 ms timeout). The servers honour `?name[]=`
+//! like prometheus_client's exporter; `full` turns the scraper's server-side filter off.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::RawQuery;
 use axum::routing::get;
 use switchyard::clock::SystemClock;
 use switchyard::telemetry::scrape::{ScrapeConfig, ScrapeTarget, Scraper};
@@ -42,6 +45,9 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
@@ -51,6 +57,7 @@ struct Report {
     wall: Duration,
     cpu: Duration,
     scrapes: u64,
+    warmup_scrapes: u64,
     failures: u64,
     allocations: u64,
 }
@@ -69,7 +76,7 @@ fn thread_cpu_time() -> Duration {
 }
 
 /// Runs the scraper against `addrs` for `run` on the calling thread and measures that thread.
-fn measure(addrs: Vec<SocketAddr>, run: Duration) -> Report {
+fn measure(addrs: Vec<SocketAddr>, run: Duration, server_side_filter: bool) -> Report {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,6 +84,7 @@ fn measure(addrs: Vec<SocketAddr>, run: Duration) -> Report {
     runtime.block_on(async {
         let config = ScrapeConfig {
             targets: addrs.iter().copied().map(ScrapeTarget::new).collect(),
+            server_side_filter,
             ..ScrapeConfig::default()
         };
         let scraper = Scraper::spawn(config, Arc::new(SystemClock)).expect("valid config");
@@ -96,6 +104,7 @@ fn measure(addrs: Vec<SocketAddr>, run: Duration) -> Report {
             wall,
             cpu,
             scrapes: after.0 - before.0,
+            warmup_scrapes: before.0,
             failures: after.1 - before.1,
             allocations: ALLOCATIONS.with(Cell::get),
         }
@@ -119,49 +128,64 @@ fn main() {
     let seconds: u64 = args
         .next()
         .map_or(10, |n| n.parse().expect("SECONDS is a number"));
-    let fixture = args.next().map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/metrics/vllm.txt"),
-        PathBuf::from,
-    );
-    let body = std::fs::read_to_string(&fixture)
-        .unwrap_or_else(|err| panic!("cannot read {}: {err}", fixture.display()));
+    let fixture = args.next().unwrap_or_else(|| "metrics/vllm.txt".to_owned());
+    let server_side_filter = match args.next().as_deref() {
+        None | Some("filtered") => true,
+        Some("full") => false,
+        Some(other) => panic!("mode is `filtered` or `full`, not `{other}`"),
+    };
+    let page = support::fixture(&fixture);
 
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("server runtime");
+    let served_bytes = Arc::new(AtomicU64::new(0));
     let addrs: Vec<SocketAddr> = (0..endpoints)
         .map(|_| {
-            let body = body.clone();
-            servers.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                let addr = listener.local_addr().expect("address");
-                let router =
-                    Router::new().route("/metrics", get(move || std::future::ready(body.clone())));
-                tokio::spawn(async move { axum::serve(listener, router).await });
-                addr
-            })
+            let page = page.clone();
+            let served = Arc::clone(&served_bytes);
+            // Like prometheus_client's exporter (vLLM, trtllm-serve): honours `?name[]=`.
+            let router = Router::new().route(
+                "/metrics",
+                get(move |RawQuery(query): RawQuery| {
+                    let body = support::restrict_to_names(&page, query.as_deref())
+                        .unwrap_or_else(|| page.clone());
+                    served.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    std::future::ready(body)
+                }),
+            );
+            servers.block_on(support::serve(router))
         })
         .collect();
 
-    let report = std::thread::spawn(move || measure(addrs, Duration::from_secs(seconds)))
-        .join()
-        .expect("measurement thread");
+    let report = std::thread::spawn(move || {
+        measure(addrs, Duration::from_secs(seconds), server_side_filter)
+    })
+    .join()
+    .expect("measurement thread");
     let core_pct = report.cpu.as_secs_f64() / report.wall.as_secs_f64() * 100.0;
     let scrapes = report.scrapes.max(1) as f64;
+    let mode = if server_side_filter {
+        "filtered (?name[]=)"
+    } else {
+        "full pages"
+    };
     println!(
-        "fixture            {} ({} bytes)",
-        fixture.display(),
-        body.len()
+        "fixture            {fixture} ({} bytes), {mode}",
+        page.len()
     );
     println!("endpoints          {}", report.endpoints);
     println!("wall               {:.2} s", report.wall.as_secs_f64());
     println!(
         "scrapes            {} ok, {} failed",
         report.scrapes, report.failures
+    );
+    println!(
+        "served             {:.0} bytes/scrape on average (warm-up included)",
+        served_bytes.load(Ordering::Relaxed) as f64
+            / (report.scrapes + report.warmup_scrapes).max(1) as f64
     );
     println!(
         "scraper CPU        {:.3} s = {core_pct:.2} % of one core",

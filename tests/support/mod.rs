@@ -50,3 +50,26 @@ pub fn dead_addr() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("local address")
 }
+
+/// What prometheus_client's exporters do with `?name[]=a&name[]=b`: only those samples.
+/// `None` when the query asks for nothing.
+pub fn restrict_to_names(page: &str, raw_query: Option<&str>) -> Option<String> {
+    let names: Vec<&str> = raw_query?
+        .split('&')
+        .filter_map(|pair| {
+            pair.strip_prefix("name%5B%5D=")
+                .or_else(|| pair.strip_prefix("name[]="))
+        })
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let kept: Vec<&str> = page
+        .lines()
+        .filter(|line| {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            !line.starts_with('#') && names.contains(&name)
+        })
+        .collect();
+    Some(kept.join("\n") + "\n")
+}

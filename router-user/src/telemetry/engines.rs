@@ -108,72 +108,100 @@ enum Field {
     TritonPending,
 }
 
-fn field_of(engine: EngineKind, name: &str) -> Option<Field> {
-    use Field::*;
+/// Each engine's metric names (after its prefix) and what they feed: the one table both the
+/// reader and the server-side filter use.
+const VLLM_FIELDS: &[(&str, Field)] = &[
+    ("num_requests_waiting", Field::Waiting),
+    ("num_requests_running", Field::Running),
+    ("kv_cache_usage_perc", Field::KvUsage),
+    ("gpu_cache_usage_perc", Field::KvUsageLegacy),
+    ("prefix_cache_queries_total", Field::PrefixQueries),
+    ("prefix_cache_hits_total", Field::PrefixHits),
+    ("gpu_prefix_cache_queries_total", Field::PrefixQueriesLegacy),
+    ("gpu_prefix_cache_hits_total", Field::PrefixHitsLegacy),
+    ("gpu_prefix_cache_hit_rate", Field::PrefixHitRateGauge),
+    ("lora_requests_info", Field::LoraInfo),
+    ("cache_config_info", Field::CacheConfig),
+    ("time_to_first_token_seconds_sum", Field::TtftSum),
+    ("time_to_first_token_seconds_count", Field::TtftCount),
+    ("inter_token_latency_seconds_sum", Field::ItlSum),
+    ("inter_token_latency_seconds_count", Field::ItlCount),
+    ("time_per_output_token_seconds_sum", Field::ItlLegacySum),
+    ("time_per_output_token_seconds_count", Field::ItlLegacyCount),
+];
+
+const SGLANG_FIELDS: &[(&str, Field)] = &[
+    ("num_queue_reqs", Field::Waiting),
+    ("num_running_reqs", Field::Running),
+    ("token_usage", Field::KvUsage),
+    ("prompt_tokens_total", Field::PrefixQueries),
+    ("cached_tokens_total", Field::PrefixHits),
+    ("cache_hit_rate", Field::PrefixHitRateGauge),
+    ("time_to_first_token_seconds_sum", Field::TtftSum),
+    ("time_to_first_token_seconds_count", Field::TtftCount),
+    ("inter_token_latency_seconds_sum", Field::ItlSum),
+    ("inter_token_latency_seconds_count", Field::ItlCount),
+    ("time_per_output_token_seconds_sum", Field::ItlLegacySum),
+    ("time_per_output_token_seconds_count", Field::ItlLegacyCount),
+];
+
+const TRTLLM_FIELDS: &[(&str, Field)] = &[
+    ("num_requests_waiting", Field::Waiting),
+    ("num_requests_running", Field::Running),
+    ("kv_cache_utilization", Field::KvUsage),
+    ("kv_cache_reused_blocks_total", Field::PrefixHits),
+    ("kv_cache_missed_blocks_total", Field::PrefixMisses),
+    ("kv_cache_hit_rate", Field::PrefixHitRateGauge),
+    ("kv_cache_tokens_per_block", Field::BlockSize),
+    ("kv_cache_max_blocks", Field::NumBlocks),
+    ("kv_cache_used_blocks", Field::UsedBlocks),
+    ("time_to_first_token_seconds_sum", Field::TtftSum),
+    ("time_to_first_token_seconds_count", Field::TtftCount),
+    ("time_per_output_token_seconds_sum", Field::ItlSum),
+    ("time_per_output_token_seconds_count", Field::ItlCount),
+];
+
+const TRITON_FIELDS: &[(&str, Field)] = &[
+    ("nv_trt_llm_request_metrics", Field::TritonRequests),
+    ("nv_trt_llm_kv_cache_block_metrics", Field::TritonKvBlocks),
+    ("nv_inference_pending_request_count", Field::TritonPending),
+];
+
+/// The table of `engine` and the prefix its names carry on the page.
+fn fields(engine: EngineKind) -> (&'static str, &'static [(&'static str, Field)]) {
     match engine {
-        EngineKind::Vllm => Some(match name.strip_prefix("vllm:")? {
-            "num_requests_waiting" => Waiting,
-            "num_requests_running" => Running,
-            "kv_cache_usage_perc" => KvUsage,
-            "gpu_cache_usage_perc" => KvUsageLegacy,
-            "prefix_cache_queries_total" => PrefixQueries,
-            "prefix_cache_hits_total" => PrefixHits,
-            "gpu_prefix_cache_queries_total" => PrefixQueriesLegacy,
-            "gpu_prefix_cache_hits_total" => PrefixHitsLegacy,
-            "gpu_prefix_cache_hit_rate" => PrefixHitRateGauge,
-            "lora_requests_info" => LoraInfo,
-            "cache_config_info" => CacheConfig,
-            "time_to_first_token_seconds_sum" => TtftSum,
-            "time_to_first_token_seconds_count" => TtftCount,
-            "inter_token_latency_seconds_sum" => ItlSum,
-            "inter_token_latency_seconds_count" => ItlCount,
-            "time_per_output_token_seconds_sum" => ItlLegacySum,
-            "time_per_output_token_seconds_count" => ItlLegacyCount,
-            _ => return None,
-        }),
-        EngineKind::Sglang => Some(match name.strip_prefix("sglang:")? {
-            "num_queue_reqs" => Waiting,
-            "num_running_reqs" => Running,
-            "token_usage" => KvUsage,
-            "prompt_tokens_total" => PrefixQueries,
-            "cached_tokens_total" => PrefixHits,
-            "cache_hit_rate" => PrefixHitRateGauge,
-            "time_to_first_token_seconds_sum" => TtftSum,
-            "time_to_first_token_seconds_count" => TtftCount,
-            "inter_token_latency_seconds_sum" => ItlSum,
-            "inter_token_latency_seconds_count" => ItlCount,
-            "time_per_output_token_seconds_sum" => ItlLegacySum,
-            "time_per_output_token_seconds_count" => ItlLegacyCount,
-            _ => return None,
-        }),
-        EngineKind::Trtllm => {
-            // Prometheus names from trtllm-serve use `trtllm_`; Dynamo re-exports them as `trtllm:`.
-            let short = name
-                .strip_prefix("trtllm_")
-                .or_else(|| name.strip_prefix("trtllm:"))?;
-            Some(match short {
-                "num_requests_waiting" => Waiting,
-                "num_requests_running" => Running,
-                "kv_cache_utilization" => KvUsage,
-                "kv_cache_reused_blocks_total" => PrefixHits,
-                "kv_cache_missed_blocks_total" => PrefixMisses,
-                "kv_cache_hit_rate" => PrefixHitRateGauge,
-                "kv_cache_tokens_per_block" => BlockSize,
-                "kv_cache_max_blocks" => NumBlocks,
-                "kv_cache_used_blocks" => UsedBlocks,
-                "time_to_first_token_seconds_sum" => TtftSum,
-                "time_to_first_token_seconds_count" => TtftCount,
-                "time_per_output_token_seconds_sum" => ItlSum,
-                "time_per_output_token_seconds_count" => ItlCount,
-                _ => return None,
-            })
+        EngineKind::Vllm => ("vllm:", VLLM_FIELDS),
+        EngineKind::Sglang => ("sglang:", SGLANG_FIELDS),
+        EngineKind::Trtllm => ("trtllm_", TRTLLM_FIELDS),
+        EngineKind::Triton => ("", TRITON_FIELDS),
+    }
+}
+
+fn field_of(engine: EngineKind, name: &str) -> Option<Field> {
+    let (prefix, table) = fields(engine);
+    let short = match engine {
+        // trtllm-serve writes `trtllm_`; Dynamo re-exports the same metrics as `trtllm:`.
+        EngineKind::Trtllm => name
+            .strip_prefix(prefix)
+            .or_else(|| name.strip_prefix("trtllm:"))?,
+        _ => name.strip_prefix(prefix)?,
+    };
+    table
+        .iter()
+        .find_map(|(entry, field)| (*entry == short).then_some(*field))
+}
+
+/// The sample names to ask a prometheus_client server for (`?name[]=...`), for engines served
+/// by it (vLLM, trtllm-serve): the page then carries only what we read. `None` for servers that
+/// ignore the query (Triton) or answer it with nothing (SGLang runs prometheus_client in
+/// multiprocess mode, where the restricted registry is empty).
+pub fn server_filter_names(engine: EngineKind) -> Option<impl Iterator<Item = String>> {
+    match engine {
+        EngineKind::Vllm | EngineKind::Trtllm => {
+            let (prefix, table) = fields(engine);
+            Some(table.iter().map(move |(name, _)| format!("{prefix}{name}")))
         }
-        EngineKind::Triton => match name {
-            "nv_trt_llm_request_metrics" => Some(TritonRequests),
-            "nv_trt_llm_kv_cache_block_metrics" => Some(TritonKvBlocks),
-            "nv_inference_pending_request_count" => Some(TritonPending),
-            _ => None,
-        },
+        EngineKind::Sglang | EngineKind::Triton => None,
     }
 }
 

@@ -20,7 +20,9 @@ use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::clock::{Clock, Micros};
-use crate::telemetry::engines::{LoadNormalizer, NormalizeError, default_metrics_path};
+use crate::telemetry::engines::{
+    LoadNormalizer, NormalizeError, default_metrics_path, server_filter_names,
+};
 use crate::telemetry::http::{HttpError, HttpGetter};
 use crate::telemetry::load::{EndpointLoad, EngineKind};
 
@@ -117,6 +119,9 @@ pub struct ScrapeConfig {
     pub timeout: Duration,
     /// Largest body accepted; bigger pages fail the scrape instead of exhausting memory.
     pub max_body_bytes: usize,
+    /// Ask prometheus_client servers (vLLM, trtllm-serve) for only the samples we read
+    /// (`?name[]=…`); an endpoint whose filtered page lacks them falls back to full pages.
+    pub server_side_filter: bool,
 }
 
 impl Default for ScrapeConfig {
@@ -126,6 +131,7 @@ impl Default for ScrapeConfig {
             interval: Duration::from_millis(50),
             timeout: Duration::from_millis(40),
             max_body_bytes: 8 << 20,
+            server_side_filter: true,
         }
     }
 }
@@ -229,8 +235,7 @@ struct Shared {
     getter: HttpGetter,
     clock: Arc<dyn Clock>,
     interval: Duration,
-    timeout: Duration,
-    max_body_bytes: usize,
+    fetch: FetchPolicy,
 }
 
 /// The running poller. Dropping it stops every scrape task.
@@ -250,8 +255,11 @@ impl Scraper {
             getter: HttpGetter::new(config.timeout),
             clock,
             interval: config.interval,
-            timeout: config.timeout,
-            max_body_bytes: config.max_body_bytes,
+            fetch: FetchPolicy {
+                timeout: config.timeout,
+                max_body_bytes: config.max_body_bytes,
+                server_filter: config.server_side_filter,
+            },
         });
         let scraper = Self { shared };
         scraper.set_targets(config.targets)?;
@@ -331,9 +339,30 @@ impl Drop for Scraper {
     }
 }
 
+/// How one scrape may fetch.
+#[derive(Clone, Copy, Debug)]
+struct FetchPolicy {
+    timeout: Duration,
+    max_body_bytes: usize,
+    server_filter: bool,
+}
+
+/// Whether the server honours `?name[]=` (prometheus_client's restricted registry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerFilter {
+    Untried,
+    Works,
+    /// The filtered page lacked what we need (e.g. multiprocess mode): full pages from now on.
+    Unsupported,
+}
+
 /// What one endpoint's task carries from scrape to scrape.
 struct TargetWorker {
+    target: ScrapeTarget,
     uri: Uri,
+    /// The filtered URI and the engine it was built for.
+    filtered: Option<(EngineKind, Uri)>,
+    server_filter: ServerFilter,
     normalizer: LoadNormalizer,
     body: Vec<u8>,
     load: EndpointLoad,
@@ -342,7 +371,10 @@ struct TargetWorker {
 impl TargetWorker {
     fn new(target: &ScrapeTarget) -> Result<Self, ScrapeConfigError> {
         Ok(Self {
+            target: target.clone(),
             uri: target.uri()?,
+            filtered: None,
+            server_filter: ServerFilter::Untried,
             normalizer: LoadNormalizer::new(target.engine),
             body: Vec::with_capacity(64 << 10),
             load: EndpointLoad::default(),
@@ -353,18 +385,85 @@ impl TargetWorker {
         &mut self,
         getter: &HttpGetter,
         clock: &dyn Clock,
-        timeout: Duration,
-        max_body_bytes: usize,
+        policy: FetchPolicy,
     ) -> Result<(), ScrapeError> {
-        let fetched = tokio::time::timeout(
-            timeout,
-            getter.get_into(&self.uri, ACCEPT_TEXT, &mut self.body, max_body_bytes),
-        )
-        .await;
-        match fetched {
-            Err(_) => return Err(ScrapeError::Timeout(timeout)),
-            Ok(result) => result?,
+        let deadline = tokio::time::Instant::now() + policy.timeout;
+        if policy.server_filter
+            && self.server_filter != ServerFilter::Unsupported
+            && let Some(uri) = self.filtered_uri()
+        {
+            self.fetch(getter, &uri, deadline, policy).await?;
+            match self.read_body(clock) {
+                Ok(()) => {
+                    self.server_filter = ServerFilter::Works;
+                    return Ok(());
+                }
+                Err(ScrapeError::Normalize(
+                    NormalizeError::MissingMetric { .. } | NormalizeError::UnknownEngine,
+                )) => {
+                    tracing::info!(
+                        target = %self.target,
+                        "server ignores or empties `?name[]=` filtering; scraping full pages"
+                    );
+                    self.server_filter = ServerFilter::Unsupported;
+                }
+                Err(err) => return Err(err),
+            }
         }
+        let uri = self.uri.clone();
+        self.fetch(getter, &uri, deadline, policy).await?;
+        self.read_body(clock)
+    }
+
+    /// The filtered URI for the engine the pages are read as, when it has one.
+    fn filtered_uri(&mut self) -> Option<Uri> {
+        let engine = self.normalizer.engine()?;
+        if let Some((built_for, uri)) = &self.filtered
+            && *built_for == engine
+        {
+            return Some(uri.clone());
+        }
+        let names = server_filter_names(engine)?;
+        let separator = if self.target.path().contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let mut text = format!(
+            "http://{}{}{separator}",
+            self.target.addr,
+            self.target.path()
+        );
+        for (index, name) in names.enumerate() {
+            if index > 0 {
+                text.push('&');
+            }
+            // `name[]` percent-encoded; metric names need no escaping.
+            text.push_str("name%5B%5D=");
+            text.push_str(&name);
+        }
+        let uri: Uri = text.parse().ok()?;
+        self.filtered = Some((engine, uri.clone()));
+        Some(uri)
+    }
+
+    async fn fetch(
+        &mut self,
+        getter: &HttpGetter,
+        uri: &Uri,
+        deadline: tokio::time::Instant,
+        policy: FetchPolicy,
+    ) -> Result<(), ScrapeError> {
+        tokio::time::timeout_at(
+            deadline,
+            getter.get_into(uri, ACCEPT_TEXT, &mut self.body, policy.max_body_bytes),
+        )
+        .await
+        .map_err(|_| ScrapeError::Timeout(policy.timeout))?
+        .map_err(ScrapeError::from)
+    }
+
+    fn read_body(&mut self, clock: &dyn Clock) -> Result<(), ScrapeError> {
         let text = std::str::from_utf8(&self.body)
             .map_err(|err| ScrapeError::NotUtf8(err.valid_up_to()))?;
         self.normalizer
@@ -388,12 +487,7 @@ async fn scrape_loop(shared: Arc<Shared>, target: ScrapeTarget) {
         ticker.tick().await;
         let started = shared.clock.now();
         let result = worker
-            .scrape(
-                &shared.getter,
-                shared.clock.as_ref(),
-                shared.timeout,
-                shared.max_body_bytes,
-            )
+            .scrape(&shared.getter, shared.clock.as_ref(), shared.fetch)
             .await;
         let finished = shared.clock.now();
         publish(
@@ -461,14 +555,13 @@ pub async fn scrape_once(
 ) -> Result<EndpointLoad, ScrapeError> {
     let mut worker = TargetWorker::new(target)?;
     let getter = HttpGetter::new(timeout);
-    worker
-        .scrape(
-            &getter,
-            clock,
-            timeout,
-            ScrapeConfig::default().max_body_bytes,
-        )
-        .await?;
+    // One page: the full one (a filtered page saves nothing when it is read only once).
+    let policy = FetchPolicy {
+        timeout,
+        max_body_bytes: ScrapeConfig::default().max_body_bytes,
+        server_filter: false,
+    };
+    worker.scrape(&getter, clock, policy).await?;
     Ok(worker.load)
 }
 

@@ -149,12 +149,14 @@ pub struct ParseSummary {
 
 /// Reads `text`, hands each sample whose metric name `select` maps to `Some(key)` to
 /// `on_sample`, and stops at the first malformed line.
-pub fn parse<'a, K>(
+pub fn parse<'a, K: Clone>(
     text: &'a str,
     mut select: impl FnMut(&str) -> Option<K>,
     mut on_sample: impl FnMut(K, Sample<'a>),
 ) -> Result<ParseSummary, ParseError> {
     let mut summary = ParseSummary::default();
+    // Consecutive lines mostly repeat a name (histogram buckets): remember the last decision.
+    let mut last: (&str, Option<K>) = ("", None);
     for (index, raw_line) in text.split('\n').enumerate() {
         let line_no = index + 1;
         // Tolerate CRLF bodies; the format itself uses bare LF.
@@ -188,7 +190,10 @@ pub fn parse<'a, K>(
             return Err(fail(ParseErrorKind::InvalidMetricName));
         }
         let name = &trimmed[..name_len];
-        let Some(key) = select(name) else {
+        if name != last.0 {
+            last = (name, select(name));
+        }
+        let Some(key) = last.1.clone() else {
             continue;
         };
         let (labels, value) = parse_sample_rest(&trimmed[name_len..]).map_err(fail)?;

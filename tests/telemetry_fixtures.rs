@@ -22,6 +22,17 @@ fn read(path: &str) -> EndpointLoad {
         .unwrap_or_else(|err| panic!("{path}: {err}"))
 }
 
+/// Reads `first`, then `first` with the given samples changed, and returns the second reading.
+fn second_reading(engine: Option<EngineKind>, path: &str, changes: &[(&str, f64)]) -> EndpointLoad {
+    let first = fixture(path);
+    let second = changes.iter().fold(first.clone(), |page, (name, value)| {
+        set_value(&page, name, *value)
+    });
+    let mut normalizer = LoadNormalizer::new(engine);
+    normalizer.normalize(&first, 1).unwrap();
+    normalizer.normalize(&second, 2).unwrap()
+}
+
 fn close(actual: Option<f64>, expected: f64) -> bool {
     actual.is_some_and(|value| (value - expected).abs() < 1e-9)
 }
@@ -56,24 +67,18 @@ fn vllm_v1_page() {
 
 #[test]
 fn vllm_rates_and_latencies_come_from_two_scrapes() {
-    let first = fixture("metrics/vllm.txt");
-    let mut second = set_value(&first, "vllm:prefix_cache_queries_total", 185344.0 + 4096.0);
-    second = set_value(&second, "vllm:prefix_cache_hits_total", 122880.0 + 3072.0);
-    second = set_value(&second, "vllm:time_to_first_token_seconds_sum", 25.6 + 2.0);
-    second = set_value(
-        &second,
-        "vllm:time_to_first_token_seconds_count",
-        128.0 + 10.0,
+    let load = second_reading(
+        Some(EngineKind::Vllm),
+        "metrics/vllm.txt",
+        &[
+            ("vllm:prefix_cache_queries_total", 185344.0 + 4096.0),
+            ("vllm:prefix_cache_hits_total", 122880.0 + 3072.0),
+            ("vllm:time_to_first_token_seconds_sum", 25.6 + 2.0),
+            ("vllm:time_to_first_token_seconds_count", 128.0 + 10.0),
+            ("vllm:inter_token_latency_seconds_sum", 120.5 + 3.0),
+            ("vllm:inter_token_latency_seconds_count", 6025.0 + 100.0),
+        ],
     );
-    second = set_value(&second, "vllm:inter_token_latency_seconds_sum", 120.5 + 3.0);
-    second = set_value(
-        &second,
-        "vllm:inter_token_latency_seconds_count",
-        6025.0 + 100.0,
-    );
-    let mut normalizer = LoadNormalizer::new(Some(EngineKind::Vllm));
-    normalizer.normalize(&first, 1).unwrap();
-    let load = normalizer.normalize(&second, 2).unwrap();
     assert!(close(load.prefix_cache_hit_rate, 0.75), "{load:?}");
     assert!(close(load.ttft_mean_s, 0.2), "{load:?}");
     assert!(close(load.itl_mean_s, 0.03), "{load:?}");
@@ -119,23 +124,15 @@ fn vllm_v0_legacy_page() {
 
 #[test]
 fn vllm_legacy_latency_names_feed_the_same_fields() {
-    let first = fixture("metrics/vllm_v0_legacy.txt");
-    let mut second = set_value(
-        &first,
-        "vllm:time_per_output_token_seconds_sum",
-        729.39 + 5.0,
+    let load = second_reading(
+        None,
+        "metrics/vllm_v0_legacy.txt",
+        &[
+            ("vllm:time_per_output_token_seconds_sum", 729.39 + 5.0),
+            ("vllm:time_per_output_token_seconds_count", 24313.0 + 200.0),
+        ],
     );
-    second = set_value(
-        &second,
-        "vllm:time_per_output_token_seconds_count",
-        24313.0 + 200.0,
-    );
-    let mut normalizer = LoadNormalizer::new(None);
-    normalizer.normalize(&first, 1).unwrap();
-    assert!(close(
-        normalizer.normalize(&second, 2).unwrap().itl_mean_s,
-        0.025
-    ));
+    assert!(close(load.itl_mean_s, 0.025), "{load:?}");
 }
 
 #[test]
@@ -156,18 +153,15 @@ fn sglang_data_parallel_page() {
     assert_eq!((load.block_size, load.num_gpu_blocks), (None, None));
     assert_eq!(load.lora, None);
 
-    let first = fixture("metrics/sglang.txt");
-    let mut second = set_value(&first, "sglang:prompt_tokens_total", 1204224.0 + 1000.0);
-    second = set_value(&second, "sglang:cached_tokens_total", 842956.0 + 900.0);
-    let mut normalizer = LoadNormalizer::new(Some(EngineKind::Sglang));
-    normalizer.normalize(&first, 1).unwrap();
-    assert!(close(
-        normalizer
-            .normalize(&second, 2)
-            .unwrap()
-            .prefix_cache_hit_rate,
-        0.9
-    ));
+    let load = second_reading(
+        Some(EngineKind::Sglang),
+        "metrics/sglang.txt",
+        &[
+            ("sglang:prompt_tokens_total", 1204224.0 + 1000.0),
+            ("sglang:cached_tokens_total", 842956.0 + 900.0),
+        ],
+    );
+    assert!(close(load.prefix_cache_hit_rate, 0.9), "{load:?}");
 }
 
 #[test]
@@ -181,22 +175,15 @@ fn trtllm_serve_page() {
         (Some(32), Some(3328))
     );
 
-    let first = fixture("metrics/trtllm.txt");
-    let mut second = set_value(&first, "trtllm_kv_cache_reused_blocks_total", 6120.0 + 30.0);
-    second = set_value(
-        &second,
-        "trtllm_kv_cache_missed_blocks_total",
-        9180.0 + 10.0,
+    let load = second_reading(
+        None,
+        "metrics/trtllm.txt",
+        &[
+            ("trtllm_kv_cache_reused_blocks_total", 6120.0 + 30.0),
+            ("trtllm_kv_cache_missed_blocks_total", 9180.0 + 10.0),
+        ],
     );
-    let mut normalizer = LoadNormalizer::new(None);
-    normalizer.normalize(&first, 1).unwrap();
-    assert!(close(
-        normalizer
-            .normalize(&second, 2)
-            .unwrap()
-            .prefix_cache_hit_rate,
-        0.75
-    ));
+    assert!(close(load.prefix_cache_hit_rate, 0.75), "{load:?}");
 }
 
 #[test]

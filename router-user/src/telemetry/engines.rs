@@ -122,6 +122,10 @@ const VLLM_FIELDS: &[(&str, Field)] = &[
     ("gpu_prefix_cache_hit_rate", Field::PrefixHitRateGauge),
     ("lora_requests_info", Field::LoraInfo),
     ("cache_config_info", Field::CacheConfig),
+];
+
+/// Latency histograms vLLM and SGLang both publish (under their own prefix).
+const LATENCY_FIELDS: &[(&str, Field)] = &[
     ("time_to_first_token_seconds_sum", Field::TtftSum),
     ("time_to_first_token_seconds_count", Field::TtftCount),
     ("inter_token_latency_seconds_sum", Field::ItlSum),
@@ -137,12 +141,6 @@ const SGLANG_FIELDS: &[(&str, Field)] = &[
     ("prompt_tokens_total", Field::PrefixQueries),
     ("cached_tokens_total", Field::PrefixHits),
     ("cache_hit_rate", Field::PrefixHitRateGauge),
-    ("time_to_first_token_seconds_sum", Field::TtftSum),
-    ("time_to_first_token_seconds_count", Field::TtftCount),
-    ("inter_token_latency_seconds_sum", Field::ItlSum),
-    ("inter_token_latency_seconds_count", Field::ItlCount),
-    ("time_per_output_token_seconds_sum", Field::ItlLegacySum),
-    ("time_per_output_token_seconds_count", Field::ItlLegacyCount),
 ];
 
 const TRTLLM_FIELDS: &[(&str, Field)] = &[
@@ -167,18 +165,20 @@ const TRITON_FIELDS: &[(&str, Field)] = &[
     ("nv_inference_pending_request_count", Field::TritonPending),
 ];
 
-/// The table of `engine` and the prefix its names carry on the page.
-fn fields(engine: EngineKind) -> (&'static str, &'static [(&'static str, Field)]) {
+type FieldTable = &'static [(&'static str, Field)];
+
+/// The tables of `engine` and the prefix its names carry on the page.
+fn fields(engine: EngineKind) -> (&'static str, &'static [FieldTable]) {
     match engine {
-        EngineKind::Vllm => ("vllm:", VLLM_FIELDS),
-        EngineKind::Sglang => ("sglang:", SGLANG_FIELDS),
-        EngineKind::Trtllm => ("trtllm_", TRTLLM_FIELDS),
-        EngineKind::Triton => ("", TRITON_FIELDS),
+        EngineKind::Vllm => ("vllm:", &[VLLM_FIELDS, LATENCY_FIELDS]),
+        EngineKind::Sglang => ("sglang:", &[SGLANG_FIELDS, LATENCY_FIELDS]),
+        EngineKind::Trtllm => ("trtllm_", &[TRTLLM_FIELDS]),
+        EngineKind::Triton => ("", &[TRITON_FIELDS]),
     }
 }
 
 fn field_of(engine: EngineKind, name: &str) -> Option<Field> {
-    let (prefix, table) = fields(engine);
+    let (prefix, tables) = fields(engine);
     let short = match engine {
         // trtllm-serve writes `trtllm_`; Dynamo re-exports the same metrics as `trtllm:`.
         EngineKind::Trtllm => name
@@ -186,8 +186,9 @@ fn field_of(engine: EngineKind, name: &str) -> Option<Field> {
             .or_else(|| name.strip_prefix("trtllm:"))?,
         _ => name.strip_prefix(prefix)?,
     };
-    table
+    tables
         .iter()
+        .flat_map(|table| table.iter())
         .find_map(|(entry, field)| (*entry == short).then_some(*field))
 }
 
@@ -198,8 +199,13 @@ fn field_of(engine: EngineKind, name: &str) -> Option<Field> {
 pub fn server_filter_names(engine: EngineKind) -> Option<impl Iterator<Item = String>> {
     match engine {
         EngineKind::Vllm | EngineKind::Trtllm => {
-            let (prefix, table) = fields(engine);
-            Some(table.iter().map(move |(name, _)| format!("{prefix}{name}")))
+            let (prefix, tables) = fields(engine);
+            Some(
+                tables
+                    .iter()
+                    .flat_map(|table| table.iter())
+                    .map(move |(name, _)| format!("{prefix}{name}")),
+            )
         }
         EngineKind::Sglang | EngineKind::Triton => None,
     }

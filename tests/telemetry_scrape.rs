@@ -401,3 +401,32 @@ async fn engines_without_filter_support_are_never_asked() {
     assert!(sglang_queries.lock().iter().all(Option::is_none));
     assert!(triton_queries.lock().iter().all(Option::is_none));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_the_filter_query_gets_full_pages() {
+    let page = fixture("metrics/vllm.txt");
+    let queries = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&queries);
+    let addr = serve(Router::new().route(
+        "/metrics",
+        get(move |RawQuery(query): RawQuery| {
+            seen.lock().push(query.clone());
+            let answer = match query {
+                Some(_) => Err((StatusCode::BAD_REQUEST, "unknown parameter")),
+                None => Ok(page.clone()),
+            };
+            std::future::ready(answer)
+        }),
+    ))
+    .await;
+    let target = ScrapeTarget::new(addr).with_engine(EngineKind::Vllm);
+    let scraper = Scraper::spawn(config(vec![target]), Arc::new(SystemClock)).unwrap();
+    wait_for(&scraper, |all| {
+        all[0].load.as_ref().is_some_and(|l| l.seq >= 3)
+    })
+    .await;
+    assert_eq!(scraper.status(addr).unwrap().scrape.failures, 0);
+    let queries = queries.lock().clone();
+    assert!(queries[0].is_some());
+    assert!(queries[1..].iter().all(Option::is_none), "{queries:?}");
+}

@@ -215,6 +215,8 @@ struct GpuHandle<'nvml> {
     name: String,
     xid_events: Option<EventSet<'nvml>>,
     last_xid: Option<u64>,
+    /// The last failure to open the device, so it is logged once, not on every read.
+    open_error: Option<String>,
 }
 
 impl<'nvml> GpuHandle<'nvml> {
@@ -226,6 +228,7 @@ impl<'nvml> GpuHandle<'nvml> {
             name: String::new(),
             xid_events: None,
             last_xid: None,
+            open_error: None,
         };
         handle.connect(nvml);
         handle
@@ -237,10 +240,15 @@ impl<'nvml> GpuHandle<'nvml> {
         let device = match nvml.device_by_index(self.index) {
             Ok(device) => device,
             Err(err) => {
-                tracing::warn!(gpu = self.index, error = %err, "cannot open GPU");
+                let message = err.to_string();
+                if self.open_error.as_ref() != Some(&message) {
+                    tracing::warn!(gpu = self.index, error = %message, "cannot open GPU");
+                    self.open_error = Some(message);
+                }
                 return;
             }
         };
+        self.open_error = None;
         self.uuid = device.uuid().unwrap_or_default();
         self.name = device.name().unwrap_or_default();
         self.xid_events = register_xid_events(nvml, &device, self.index);
@@ -281,8 +289,9 @@ impl<'nvml> GpuHandle<'nvml> {
             self.connect(nvml);
         }
         let Some(device) = &self.device else {
-            out.errors
-                .push(self.error(None, "cannot open the device".into(), false));
+            let reason = self.open_error.as_deref().unwrap_or("unknown error");
+            let message = format!("cannot open the device: {reason}");
+            out.errors.push(self.error(None, message, false));
             return;
         };
         let memory = match device.memory_info() {

@@ -392,15 +392,20 @@ impl TargetWorker {
             && self.server_filter != ServerFilter::Unsupported
             && let Some(uri) = self.filtered_uri()
         {
-            self.fetch(getter, &uri, deadline, policy).await?;
-            match self.read_body(clock) {
+            let result = match self.fetch(getter, &uri, deadline, policy).await {
+                Ok(()) => self.read_body(clock),
+                Err(err) => Err(err),
+            };
+            match result {
                 Ok(()) => {
                     self.server_filter = ServerFilter::Works;
                     return Ok(());
                 }
+                // An empty restricted registry, or a server that refuses the query.
                 Err(ScrapeError::Normalize(
                     NormalizeError::MissingMetric { .. } | NormalizeError::UnknownEngine,
-                )) => {
+                ))
+                | Err(ScrapeError::Http(HttpError::Status(400..=499))) => {
                     tracing::info!(
                         target = %self.target,
                         "server ignores or empties `?name[]=` filtering; scraping full pages"

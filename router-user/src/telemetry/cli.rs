@@ -1,5 +1,4 @@
 //! `switchyard telemetry ...`: look at what the sensing layer sees, one shot at a time.
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +9,12 @@ use serde_json::json;
 
 use crate::clock::{Clock, SystemClock};
 use crate::telemetry::engines::LoadNormalizer;
-use crate::telemetry::gpu_source::{TelemetryMode, TelemetryOptions, select_telemetry};
+use crate::telemetry::gpu_source::{GpuTelemetryArgs, select_telemetry};
 use crate::telemetry::health::{GpuHealth, HealthPolicy, assess};
 use crate::telemetry::load::EngineKind;
-use crate::telemetry::nvml::NvmlOptions;
 use crate::telemetry::pods::{ProcRoot, attribute_gpus};
 use crate::telemetry::prom;
-use crate::telemetry::scrape::{ScrapeTarget, scrape_once};
+use crate::telemetry::scrape::{ScrapeArgs, ScrapeTarget, Scraper, scrape_once};
 
 #[derive(Debug, Args)]
 pub struct TelemetryArgs {
@@ -34,6 +32,17 @@ pub enum TelemetryCommand {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Scrape model servers continuously; print each endpoint's status once a second.
+    Watch {
+        /// `IP:PORT[/PATH][@ENGINE]`, e.g. `10.0.3.7:8000@vllm`.
+        #[arg(required = true)]
+        targets: Vec<ScrapeTarget>,
+        #[command(flatten)]
+        cadence: ScrapeArgs,
+        /// Stop after this long (default: until interrupted).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Check a saved metrics page: every line strictly, then the engine's normalisation.
     Check {
         file: PathBuf,
@@ -43,11 +52,8 @@ pub enum TelemetryCommand {
     },
     /// Read the GPUs once: samples, health, pods using them, errors.
     Gpu {
-        #[arg(long, value_enum, default_value_t)]
-        telemetry: TelemetryMode,
-        /// Simulated model servers serving `GET /sim/gpu`.
-        #[arg(long = "sim-endpoint")]
-        sim_endpoints: Vec<SocketAddr>,
+        #[command(flatten)]
+        source: GpuTelemetryArgs,
         /// Where the host's /proc is (`/host/proc` in the agent's container).
         #[arg(long, default_value = "/proc")]
         proc_root: PathBuf,
@@ -57,12 +63,13 @@ pub enum TelemetryCommand {
 pub async fn run(args: TelemetryArgs) -> anyhow::Result<()> {
     match args.command {
         TelemetryCommand::Scrape { targets, timeout } => scrape(targets, timeout).await,
+        TelemetryCommand::Watch {
+            targets,
+            cadence,
+            duration,
+        } => watch(targets, &cadence, duration).await,
         TelemetryCommand::Check { file, engine } => check(&file, engine),
-        TelemetryCommand::Gpu {
-            telemetry,
-            sim_endpoints,
-            proc_root,
-        } => gpu(telemetry, sim_endpoints, proc_root).await,
+        TelemetryCommand::Gpu { source, proc_root } => gpu(&source, proc_root).await,
     }
 }
 
@@ -88,6 +95,47 @@ async fn scrape(targets: Vec<ScrapeTarget>, timeout: Duration) -> anyhow::Result
     Ok(())
 }
 
+async fn watch(
+    targets: Vec<ScrapeTarget>,
+    cadence: &ScrapeArgs,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let scraper = Scraper::spawn(cadence.config(targets), Arc::clone(&clock))?;
+    let stop = async {
+        match duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let now = clock.now();
+        for status in scraper.statuses() {
+            let age_ms = status.load.as_ref().map(|load| load.age(now) / 1_000);
+            println!(
+                "{}",
+                json!({
+                    "target": status.target.to_string(),
+                    "engine": status.engine,
+                    "age_ms": age_ms,
+                    "load": status.load,
+                    "consecutive_failures": status.scrape.consecutive_failures,
+                    "latency_us": status.scrape.latency,
+                    "last_error": status.scrape.last_error.map(|(_, message)| message),
+                })
+            );
+        }
+    }
+}
+
 fn check(file: &PathBuf, engine: Option<EngineKind>) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -107,21 +155,9 @@ fn check(file: &PathBuf, engine: Option<EngineKind>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn gpu(
-    mode: TelemetryMode,
-    sim_endpoints: Vec<SocketAddr>,
-    proc_root: PathBuf,
-) -> anyhow::Result<()> {
+async fn gpu(source: &GpuTelemetryArgs, proc_root: PathBuf) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let selection = select_telemetry(
-        mode,
-        &TelemetryOptions {
-            nvml: NvmlOptions::default(),
-            sim_endpoints,
-            sim_timeout: Duration::from_millis(500),
-            clock: Arc::clone(&clock),
-        },
-    )?;
+    let selection = select_telemetry(source.telemetry, &source.options(Arc::clone(&clock)))?;
     println!("{}", json!({ "telemetry": selection.state.to_string() }));
     let Some(backend) = selection.backend else {
         return Ok(());

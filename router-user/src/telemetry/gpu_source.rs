@@ -112,6 +112,43 @@ pub struct TelemetryOptions {
     pub clock: Arc<dyn Clock>,
 }
 
+/// The GPU telemetry flags, for the agent (and `switchyard telemetry gpu`) to flatten.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GpuTelemetryArgs {
+    /// Where GPU readings come from: NVML, the simulated servers' `/sim/gpu`, or nowhere.
+    #[arg(long, value_enum, default_value_t, env = "SWITCHYARD_TELEMETRY")]
+    pub telemetry: TelemetryMode,
+    /// A simulated model server whose `GET /sim/gpu` reports its GPUs (repeatable).
+    #[arg(long = "sim-endpoint")]
+    pub sim_endpoints: Vec<SocketAddr>,
+    /// Time allowed for one `/sim/gpu` request.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub sim_timeout: Duration,
+    /// NVML library to load, tried in order (repeatable; default libnvidia-ml.so.1, then
+    /// libnvidia-ml.so).
+    #[arg(long = "nvml-library")]
+    pub nvml_libraries: Vec<std::path::PathBuf>,
+}
+
+impl GpuTelemetryArgs {
+    pub fn options(&self, clock: Arc<dyn Clock>) -> TelemetryOptions {
+        let mut nvml = NvmlOptions::default();
+        if !self.nvml_libraries.is_empty() {
+            nvml.library_paths = self
+                .nvml_libraries
+                .iter()
+                .map(|path| path.clone().into_os_string())
+                .collect();
+        }
+        TelemetryOptions {
+            nvml,
+            sim_endpoints: self.sim_endpoints.clone(),
+            sim_timeout: self.sim_timeout,
+            clock,
+        }
+    }
+}
+
 /// The chosen backend (none when absent) and the state to export.
 pub struct TelemetrySelection {
     pub backend: Option<Box<dyn GpuTelemetry>>,

@@ -154,8 +154,36 @@ impl ScrapeConfig {
     }
 }
 
+/// The scrape cadence flags, for the agent and the EPP's agent-less mode to flatten.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ScrapeArgs {
+    /// Time between two scrapes of one model server.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub scrape_interval: Duration,
+    /// Budget of one scrape; at most the interval.
+    #[arg(long, default_value = "40ms", value_parser = humantime::parse_duration)]
+    pub scrape_timeout: Duration,
+    /// Always fetch whole metrics pages (no `?name[]=` filtering).
+    #[arg(long)]
+    pub no_server_side_filter: bool,
+}
+
+impl ScrapeArgs {
+    pub fn config(&self, targets: Vec<ScrapeTarget>) -> ScrapeConfig {
+        ScrapeConfig {
+            targets,
+            interval: self.scrape_interval,
+            timeout: self.scrape_timeout,
+            server_side_filter: !self.no_server_side_filter,
+            ..ScrapeConfig::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ScrapeConfigError {
+    #[error("the scraper must be started inside a tokio runtime")]
+    NoRuntime,
     #[error("scrape interval and timeout must be above zero")]
     ZeroDuration,
     #[error(
@@ -247,6 +275,7 @@ impl Scraper {
     /// Starts one task per target on the current tokio runtime.
     pub fn spawn(config: ScrapeConfig, clock: Arc<dyn Clock>) -> Result<Self, ScrapeConfigError> {
         config.validate()?;
+        tokio::runtime::Handle::try_current().map_err(|_| ScrapeConfigError::NoRuntime)?;
         let (updates, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             table: RwLock::new(HashMap::new()),
@@ -589,6 +618,14 @@ mod tests {
         assert!(err.to_string().contains("not IP:PORT"), "{err}");
         let err = "10.0.0.5:8000@tgi".parse::<ScrapeTarget>().unwrap_err();
         assert!(err.to_string().contains("unknown engine"), "{err}");
+    }
+
+    #[test]
+    fn spawning_outside_a_runtime_is_an_error() {
+        let err = Scraper::spawn(ScrapeConfig::default(), Arc::new(crate::clock::SystemClock))
+            .err()
+            .unwrap();
+        assert_eq!(err, ScrapeConfigError::NoRuntime);
     }
 
     #[test]

@@ -390,6 +390,8 @@ impl DeltaRatio {
 pub struct LoadNormalizer {
     configured: Option<EngineKind>,
     detected: Option<EngineKind>,
+    /// The last page did not match the detected engine: detect again on the next one.
+    redetect: bool,
     prefix_rate: DeltaRatio,
     ttft: DeltaRatio,
     itl: DeltaRatio,
@@ -418,9 +420,10 @@ impl LoadNormalizer {
         now: Micros,
         out: &mut EndpointLoad,
     ) -> Result<(), NormalizeError> {
-        let engine = match self.engine() {
-            Some(engine) => engine,
-            None => self.detect(text)?,
+        let engine = match (self.configured, self.detected) {
+            (Some(engine), _) => engine,
+            (None, Some(engine)) if !self.redetect => engine,
+            (None, _) => self.detect(text)?,
         };
         let mut reading = Reading::default();
         let result = prom::parse(
@@ -435,9 +438,7 @@ impl LoadNormalizer {
             Ok(required) => required,
             Err(err) => {
                 // An auto-detected engine may have been replaced behind the same address.
-                if self.configured.is_none() {
-                    self.detected = None;
-                }
+                self.redetect = self.configured.is_none();
                 return Err(err);
             }
         };
@@ -457,6 +458,7 @@ impl LoadNormalizer {
             return Err(NormalizeError::NotPrometheusText { hint: JSON_HINT });
         }
         let engine = detect_engine(text)?.ok_or(NormalizeError::UnknownEngine)?;
+        self.redetect = false;
         if self.detected != Some(engine) {
             // Baselines of another engine's counters mean nothing for this one.
             *self = Self {
@@ -534,9 +536,10 @@ impl LoadNormalizer {
         };
         // Some engines also publish a ready-made rate (vLLM v0 has nothing else; SGLang and
         // TensorRT-LLM have both): it stands in until two scrapes give a counter interval.
+        // Negative gauges mean "not enabled" (vLLM v0 reports -1 for a cache it does not have).
         counters
             .and_then(|(hits, queries)| self.prefix_rate.update(hits, queries))
-            .or_else(|| reading.prefix_rate_gauge.mean())
+            .or_else(|| reading.prefix_rate_gauge.mean().filter(|rate| *rate >= 0.0))
     }
 }
 
@@ -765,6 +768,35 @@ mod tests {
             .unwrap();
         assert_eq!(load.prefix_cache_hit_rate, Some(0.5));
         assert_eq!(load.seq, 2);
+    }
+
+    #[test]
+    fn a_page_missing_metrics_keeps_the_baselines_of_the_same_engine() {
+        let mut normalizer = LoadNormalizer::new(None);
+        normalizer.normalize(&vllm_page(1, 100.0, 50.0), 1).unwrap();
+        // e.g. an empty page from a server that honours `?name[]=` with nothing.
+        let err = normalizer.normalize("", 2).unwrap_err();
+        assert!(matches!(err, NormalizeError::MissingMetric { .. }), "{err}");
+        let load = normalizer
+            .normalize(&vllm_page(1, 300.0, 250.0), 3)
+            .unwrap();
+        assert_eq!(load.prefix_cache_hit_rate, Some(1.0));
+        // A different engine behind the same address starts over.
+        let sglang = "sglang:num_queue_reqs 1\nsglang:num_running_reqs 2\nsglang:token_usage 0.5\n";
+        assert!(normalizer.normalize(sglang, 4).is_err());
+        let load = normalizer.normalize(sglang, 5).unwrap();
+        assert_eq!(
+            (load.engine, load.prefix_cache_hit_rate),
+            (EngineKind::Sglang, None)
+        );
+    }
+
+    #[test]
+    fn negative_rate_gauges_mean_unknown() {
+        let page = "vllm:num_requests_waiting 0\nvllm:num_requests_running 0\n\
+                    vllm:gpu_cache_usage_perc 0.1\nvllm:gpu_prefix_cache_hit_rate -1\n";
+        let load = LoadNormalizer::new(None).normalize(page, 1).unwrap();
+        assert_eq!(load.prefix_cache_hit_rate, None);
     }
 
     #[test]

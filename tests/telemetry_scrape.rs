@@ -202,9 +202,16 @@ async fn targets_change_at_run_time() {
     .unwrap();
     wait_for(&scraper, |all| all.len() == 1 && all[0].load.is_some()).await;
 
-    scraper
-        .set_targets(vec![ScrapeTarget::new(first), ScrapeTarget::new(second)])
-        .unwrap();
+    // From a thread outside the runtime, as a Kubernetes watcher callback might.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                scraper.set_targets(vec![ScrapeTarget::new(first), ScrapeTarget::new(second)])
+            })
+            .join()
+            .unwrap()
+    })
+    .unwrap();
     wait_for(&scraper, |all| {
         all.len() == 2 && all.iter().all(|s| s.load.is_some())
     })

@@ -264,6 +264,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     interval: Duration,
     fetch: FetchPolicy,
+    /// The runtime the tasks run on, so `set_targets` works from any thread.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The running poller. Dropping it stops every scrape task.
@@ -272,10 +274,11 @@ pub struct Scraper {
 }
 
 impl Scraper {
-    /// Starts one task per target on the current tokio runtime.
+    /// Starts one task per target on the current tokio runtime (later targets join it too).
     pub fn spawn(config: ScrapeConfig, clock: Arc<dyn Clock>) -> Result<Self, ScrapeConfigError> {
         config.validate()?;
-        tokio::runtime::Handle::try_current().map_err(|_| ScrapeConfigError::NoRuntime)?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ScrapeConfigError::NoRuntime)?;
         let (updates, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             table: RwLock::new(HashMap::new()),
@@ -289,6 +292,7 @@ impl Scraper {
                 max_body_bytes: config.max_body_bytes,
                 server_filter: config.server_side_filter,
             },
+            runtime,
         });
         let scraper = Self { shared };
         scraper.set_targets(config.targets)?;
@@ -318,7 +322,10 @@ impl Scraper {
                 continue;
             }
             table.insert(addr, EndpointStatus::new(target.clone()));
-            let handle = tokio::spawn(scrape_loop(Arc::clone(&self.shared), target.clone()));
+            let handle = self
+                .shared
+                .runtime
+                .spawn(scrape_loop(Arc::clone(&self.shared), target.clone()));
             tasks.insert(addr, (target, handle.abort_handle()));
         }
         drop(table);
@@ -545,8 +552,11 @@ fn publish(
 ) {
     {
         let mut table = shared.table.write();
-        // The target may have been removed while this scrape was in flight.
-        let Some(status) = table.get_mut(&target.addr) else {
+        // The target may have been removed or changed (its old task aborted) meanwhile.
+        let Some(status) = table
+            .get_mut(&target.addr)
+            .filter(|status| status.target == *target)
+        else {
             return;
         };
         let state = &mut status.scrape;

@@ -228,9 +228,10 @@ impl HealthTracker {
 
     pub fn assess(&mut self, sample: &GpuSample, now: Micros) -> GpuHealth {
         let policy = &self.policy;
-        let Some(tracked) = self.gpus.get_mut(&sample.uuid) else {
+        let key = gpu_key(sample);
+        let Some(tracked) = self.gpus.get_mut(&key) else {
             self.gpus.insert(
-                sample.uuid.clone(),
+                key,
                 TrackedGpu {
                     unchanged_since: sample.clone(),
                     previous: sample.clone(),
@@ -273,9 +274,19 @@ impl HealthTracker {
         }
     }
 
-    /// Forgets GPUs not in `uuids` (e.g. after a node's GPUs change).
-    pub fn retain(&mut self, uuids: &[&str]) {
-        self.gpus.retain(|uuid, _| uuids.contains(&uuid.as_str()));
+    /// Forgets GPUs not among `current` (e.g. after a node's GPUs change).
+    pub fn retain(&mut self, current: &[GpuSample]) {
+        self.gpus
+            .retain(|key, _| current.iter().any(|sample| gpu_key(sample) == *key));
+    }
+}
+
+/// GPUs are tracked by UUID; by index when NVML could not read the UUID.
+fn gpu_key(sample: &GpuSample) -> String {
+    if sample.uuid.is_empty() {
+        format!("index:{}", sample.index)
+    } else {
+        sample.uuid.clone()
     }
 }
 

@@ -318,11 +318,22 @@ fn assert_no_failure_but_timeouts(status: &EndpointStatus) {
     }
 }
 
-/// Serves `page`, honouring `?name[]=` like prometheus_client unless `multiprocess`, where the
-/// restricted registry is empty. Records the raw query of every request.
-async fn prometheus_client_server(
+/// What a metrics server does with `?name[]=`.
+#[derive(Clone, Copy)]
+enum NameFilter {
+    /// prometheus_client's exporter: only the named samples.
+    Honour,
+    /// prometheus_client in multiprocess mode: the restricted registry is empty.
+    Empty,
+    /// A server that rejects unknown query parameters.
+    Refuse,
+}
+
+/// Serves `page` at /metrics, treating `?name[]=` as `filter` says, and records the raw query
+/// of every request.
+async fn metrics_server(
     page: String,
-    multiprocess: bool,
+    filter: NameFilter,
 ) -> (SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
     let queries = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&queries);
@@ -330,12 +341,15 @@ async fn prometheus_client_server(
         "/metrics",
         get(move |RawQuery(query): RawQuery| {
             seen.lock().push(query.clone());
-            let body = match support::restrict_to_names(&page, query.as_deref()) {
-                Some(_) if multiprocess => String::new(),
-                Some(restricted) => restricted,
-                None => page.clone(),
+            let answer = match (support::restrict_to_names(&page, query.as_deref()), filter) {
+                (None, _) => Ok(page.clone()),
+                (Some(restricted), NameFilter::Honour) => Ok(restricted),
+                (Some(_), NameFilter::Empty) => Ok(String::new()),
+                (Some(_), NameFilter::Refuse) => {
+                    Err((StatusCode::BAD_REQUEST, "unknown parameter"))
+                }
             };
-            std::future::ready(body)
+            std::future::ready(answer)
         }),
     ))
     .await;
@@ -345,7 +359,7 @@ async fn prometheus_client_server(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_client_servers_are_asked_for_only_what_we_read() {
     let page = fixture("metrics/vllm.txt");
-    let (addr, queries) = prometheus_client_server(page.clone(), false).await;
+    let (addr, queries) = metrics_server(page.clone(), NameFilter::Honour).await;
     let scraper =
         Scraper::spawn(config(vec![ScrapeTarget::new(addr)]), Arc::new(SystemClock)).unwrap();
     wait_for(&scraper, |all| {
@@ -386,7 +400,7 @@ async fn prometheus_client_servers_are_asked_for_only_what_we_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_filtered_page_falls_back_to_full_pages_without_a_failure() {
-    let (addr, queries) = prometheus_client_server(fixture("metrics/trtllm.txt"), true).await;
+    let (addr, queries) = metrics_server(fixture("metrics/trtllm.txt"), NameFilter::Empty).await;
     let target = ScrapeTarget::new(addr)
         .with_engine(EngineKind::Trtllm)
         .with_path("/metrics");
@@ -409,9 +423,9 @@ async fn an_empty_filtered_page_falls_back_to_full_pages_without_a_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_without_filter_support_are_never_asked() {
     let (sglang, sglang_queries) =
-        prometheus_client_server(fixture("metrics/sglang.txt"), true).await;
+        metrics_server(fixture("metrics/sglang.txt"), NameFilter::Empty).await;
     let (triton, triton_queries) =
-        prometheus_client_server(fixture("metrics/triton.txt"), false).await;
+        metrics_server(fixture("metrics/triton.txt"), NameFilter::Honour).await;
     let scraper = Scraper::spawn(
         config(vec![ScrapeTarget::new(sglang), ScrapeTarget::new(triton)]),
         Arc::new(SystemClock),
@@ -428,21 +442,7 @@ async fn engines_without_filter_support_are_never_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_refusing_the_filter_query_gets_full_pages() {
-    let page = fixture("metrics/vllm.txt");
-    let queries = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&queries);
-    let addr = serve(Router::new().route(
-        "/metrics",
-        get(move |RawQuery(query): RawQuery| {
-            seen.lock().push(query.clone());
-            let answer = match query {
-                Some(_) => Err((StatusCode::BAD_REQUEST, "unknown parameter")),
-                None => Ok(page.clone()),
-            };
-            std::future::ready(answer)
-        }),
-    ))
-    .await;
+    let (addr, queries) = metrics_server(fixture("metrics/vllm.txt"), NameFilter::Refuse).await;
     let target = ScrapeTarget::new(addr).with_engine(EngineKind::Vllm);
     let scraper = Scraper::spawn(config(vec![target]), Arc::new(SystemClock)).unwrap();
     wait_for(&scraper, |all| {

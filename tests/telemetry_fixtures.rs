@@ -1,5 +1,6 @@
 //! The metrics reader and normaliser on every engine fixture in `tests/fixtures/metrics/`.
-mod support;
+mod telemetry_support;
+use telemetry_support as support;
 
 use support::{fixture, set_value};
 use switchyard::telemetry::engines::{LoadNormalizer, NormalizeError, detect_engine};

@@ -1,6 +1,7 @@
 //! GPU telemetry: health assessment, the simulated backend over HTTP, `--telemetry` selection
 //! and the NVML-absent path.
-mod support;
+mod telemetry_support;
+use telemetry_support as support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! The metrics scraper against real HTTP servers on 127.0.0.1 serving the engine fixtures.
-mod support;
+mod telemetry_support;
+use telemetry_support as support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

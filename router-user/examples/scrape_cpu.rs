@@ -45,7 +45,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
-#[path = "../../tests/support/mod.rs"]
+#[path = "../../tests/telemetry_support/mod.rs"]
 mod support;
 
 #[global_allocator]

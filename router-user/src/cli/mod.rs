@@ -29,6 +29,8 @@ pub enum Command {
     /// Self-contained demo (root): steer a weighted pool in a temporary cgroup and show where
     /// connections went.
     Demo(crate::demo::DemoArgs),
+    /// What the node agent senses: scrape model servers, check a metrics page, read the GPUs.
+    Telemetry(crate::telemetry::cli::TelemetryArgs),
 }
 
 /// Parses arguments, runs the subcommand on a tokio runtime, and maps errors to exit codes.
@@ -60,5 +62,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Crdgen(args) => crate::k8s::cli::run_crdgen(args),
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Telemetry(args) => crate::telemetry::cli::run(args).await,
     }
 }

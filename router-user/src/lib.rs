@@ -4,11 +4,13 @@
 //! - [`dataplane`]: eBPF connect-time steering (load, pin, program pools, read counts).
 //! - [`telemetry`]: the normalised endpoint-load and GPU records every part shares.
 //! - [`clock`]: real and virtual time (the cluster simulation drives the same code).
+//! - [`openai`]: OpenAI-compatible request/response/error types and the routing view.
 //! - [`sim`]: a simulated vLLM / SGLang model server (in-process engine and HTTP server).
 //! - [`cli`]: the `switchyard` command line.
 pub mod cli;
 pub mod clock;
 pub mod dataplane;
 pub mod logging;
+pub mod openai;
 pub mod sim;
 pub mod telemetry;

@@ -7,10 +7,10 @@
 //! always gives equal ids, which is all prefix caching needs. Llama 3's special markers
 //! (`<|begin_of_text|>`, `<|eot_id|>`, ...) are single tokens with their real ids.
 //!
-//! Output text is made of short words (each one token with its leading space), picked by a hash
-//! of (seed, request id, position): a client that sends a response back in the next turn of a
-//! conversation re-tokenizes it to the very ids the engine generated, so multi-turn prefix
-//! caching behaves as it does on a real server.
+//! Output text is made of short words (each one token; every word but the first has its leading
+//! space), picked by a hash of (seed, request id, position): a client that sends a response back
+//! in the next turn of a conversation re-tokenizes it to the very ids the engine generated, so
+//! multi-turn prefix caching behaves as it does on a real server.
 use std::sync::LazyLock;
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -143,7 +143,7 @@ pub fn count(text: &str) -> usize {
     out.len()
 }
 
-/// Words the simulated model "writes": each is one token with its leading space.
+/// Words the simulated model "writes": each is one token with or without a leading space.
 const OUTPUT_WORDS: [&str; 64] = [
     "the", "of", "and", "to", "in", "is", "it", "for", "on", "as", "by", "at", "an", "be", "or",
     "we", "can", "not", "all", "one", "has", "new", "but", "you", "may", "use", "two", "way",
@@ -152,19 +152,38 @@ const OUTPUT_WORDS: [&str; 64] = [
     "kv", "row", "bit", "day", "yes", "any", "due", "via",
 ];
 
-/// Each output word with its token id (the id of `" " + word`).
-static OUTPUT_VOCAB: LazyLock<Vec<(String, u32)>> = LazyLock::new(|| {
+/// One output word: as the first token (no leading space, like a model starting its answer)
+/// and as any later token (`" word"`), each with its id.
+struct OutputWord {
+    first: (String, u32),
+    later: (String, u32),
+}
+
+fn single_token(text: String) -> (String, u32) {
+    let ids = encode(&text);
+    debug_assert_eq!(ids.len(), 1, "output word {text:?} must be one token");
+    let id = ids.first().copied().unwrap_or(0);
+    (text, id)
+}
+
+static OUTPUT_VOCAB: LazyLock<Vec<OutputWord>> = LazyLock::new(|| {
     OUTPUT_WORDS
         .iter()
-        .map(|word| {
-            let text = format!(" {word}");
-            let ids = encode(&text);
-            debug_assert_eq!(ids.len(), 1, "output word {word:?} must be one token");
-            let id = ids.first().copied().unwrap_or(0);
-            (text, id)
+        .map(|word| OutputWord {
+            first: single_token((*word).to_owned()),
+            later: single_token(format!(" {word}")),
         })
         .collect()
 });
+
+fn output_word(seed: u64, request_id: u64, position: u32) -> &'static (String, u32) {
+    let word = &OUTPUT_VOCAB[output_index(seed, request_id, position)];
+    if position == 0 {
+        &word.first
+    } else {
+        &word.later
+    }
+}
 
 /// SplitMix64 finaliser: a cheap, well-mixed hash of one integer.
 pub(crate) fn mix64(mut x: u64) -> u64 {
@@ -181,14 +200,13 @@ fn output_index(seed: u64, request_id: u64, position: u32) -> usize {
 
 /// Token id of output token `position` (0-based) of request `request_id`.
 pub fn output_token(seed: u64, request_id: u64, position: u32) -> u32 {
-    OUTPUT_VOCAB[output_index(seed, request_id, position)].1
+    output_word(seed, request_id, position).1
 }
 
-/// Text of output token `position` (0-based) of request `request_id`, e.g. `" the"`.
+/// Text of output token `position` (0-based) of request `request_id`: `"the"` for the first,
+/// `" the"` after that.
 pub fn output_text(seed: u64, request_id: u64, position: u32) -> &'static str {
-    OUTPUT_VOCAB[output_index(seed, request_id, position)]
-        .0
-        .as_str()
+    output_word(seed, request_id, position).0.as_str()
 }
 
 #[cfg(test)]

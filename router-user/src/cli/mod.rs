@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// eBPF connect-time steering: attach programs, program pools, show live connection counts.
     Dataplane(crate::dataplane::cli::DataplaneArgs),
+    /// Simulated vLLM / SGLang model server (OpenAI API, /metrics, GPU view, fault injection).
+    Sim(crate::sim::cli::SimArgs),
 }
 
 /// Parses arguments, runs the subcommand on a tokio runtime, and maps errors to exit codes.
@@ -50,5 +52,6 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dataplane(args) => crate::dataplane::cli::run(args).await,
+        Command::Sim(args) => crate::sim::cli::run(args).await,
     }
 }

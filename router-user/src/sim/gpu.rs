@@ -7,6 +7,8 @@
 //! blocks in use instead so memory readings follow load, as the router's GPU view expects.)
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use super::profile::Profile;
 use super::tokens::mix64;
 use crate::clock::{MICROS_PER_SEC, Micros};
@@ -20,6 +22,13 @@ const BOOST_CLOCK_MHZ: u32 = 1980;
 const IDLE_CLOCK_MHZ: u32 = 345;
 /// Below this utilisation NVML reports the idle clock-event reason.
 const IDLE_UTILIZATION: f64 = 0.05;
+
+/// Body of the simulated server's `GET /sim/gpu`: the GPUs of the node as NVML reports them
+/// (one per simulated server).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuReport {
+    pub gpus: Vec<GpuSample>,
+}
 
 /// The identity the simulated GPU reports (`--gpu-index`, `--gpu-uuid`, the server's pid).
 #[derive(Clone, Debug, PartialEq, Eq)]

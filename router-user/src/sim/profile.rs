@@ -28,9 +28,9 @@ pub struct StepModel {
 impl Default for StepModel {
     fn default() -> Self {
         Self {
-            base_us: 6_800.0,
-            prefill_us_per_token: 30.0,
-            decode_us_per_seq: 20.0,
+            base_us: 7_000.0,
+            prefill_us_per_token: 25.0,
+            decode_us_per_seq: 10.0,
             kv_read_us_per_token: 0.039,
             lora_us_per_adapter: 150.0,
         }

@@ -9,7 +9,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use switchyard::openai::{ChatCompletionResponse, CompletionChunk, CompletionResponse, ModelList};
+use switchyard::openai::{
+    ChatCompletionResponse, CompletionChunk, CompletionResponse, Envelope, ModelList, Usage,
+};
 use switchyard::sim::{GpuReport, LoraModule, RunningServer, ServerConfig, SimServer};
 use switchyard::telemetry::{EngineKind, ThrottleReasons};
 
@@ -61,21 +63,12 @@ impl Reply {
 }
 
 impl Http {
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        content_type: &str,
-    ) -> Reply {
-        let bytes = body
-            .map(|body| Bytes::from(body.to_string()))
-            .unwrap_or_default();
+    async fn send(&self, method: Method, path: &str, body: Bytes, content_type: &str) -> Reply {
         let request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header(header::CONTENT_TYPE, content_type)
-            .body(Full::new(bytes))
+            .body(Full::new(body))
             .unwrap();
         let response = self.client.request(request).await.expect("request");
         let status = response.status();
@@ -98,39 +91,37 @@ impl Http {
     }
 
     async fn post(&self, path: &str, body: Value) -> Reply {
-        self.send(Method::POST, path, Some(&body), "application/json")
+        let body = Bytes::from(body.to_string());
+        self.send(Method::POST, path, body, "application/json")
             .await
     }
 
     async fn get(&self, path: &str) -> Reply {
-        self.send(Method::GET, path, None, "application/json").await
+        self.send(Method::GET, path, Bytes::new(), "application/json")
+            .await
     }
 
     async fn delete(&self, path: &str) -> Reply {
-        self.send(Method::DELETE, path, None, "application/json")
+        self.send(Method::DELETE, path, Bytes::new(), "application/json")
             .await
     }
 
     async fn raw_post(&self, path: &str, body: &str, content_type: &str) -> Reply {
+        let body = Bytes::from(body.to_owned());
+        self.send(Method::POST, path, body, content_type).await
+    }
+
+    /// Starts a streamed completion and returns the response with its body unread.
+    async fn start_stream(&self, body: Value) -> http::Response<hyper::body::Incoming> {
         let request = Request::builder()
             .method(Method::POST)
-            .uri(format!("{}{path}", self.base))
-            .header(header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::from(body.to_owned())))
+            .uri(format!("{}/v1/completions", self.base))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         let response = self.client.request(request).await.expect("request");
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        Reply {
-            status,
-            content_type: String::new(),
-            body,
-        }
+        assert_eq!(response.status(), StatusCode::OK);
+        response
     }
 
     async fn metrics(&self) -> Metrics {
@@ -233,6 +224,10 @@ impl Metrics {
     }
 }
 
+fn usage<C>(answer: &Envelope<C>) -> &Usage {
+    answer.usage.as_ref().expect("usage")
+}
+
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
     tokio::time::timeout(TEST_LIMIT, test)
         .await
@@ -266,7 +261,7 @@ async fn streamed_completion_has_the_sse_shape_and_usage() {
         assert!(usage.prompt_tokens >= 5);
         assert!(text_chunks.iter().all(|chunk| chunk.object == "text_completion" && chunk.usage.is_none()));
         assert!(text_chunks.iter().all(|chunk| chunk.id == usage_chunk.id && chunk.model == MODEL));
-        let text: String = text_chunks.iter().flat_map(|chunk| &chunk.choices).map(|c| c.text.as_str()).collect();
+        let text: String = text_chunks.iter().flat_map(|chunk| &chunk.choices).map(|c| c.body.text.as_str()).collect();
         assert_eq!(text.split(' ').count(), 6, "one word per token: {text:?}");
         let last = text_chunks.last().unwrap().choices.first().unwrap();
         assert_eq!(last.finish_reason.as_deref(), Some("length"));
@@ -304,11 +299,11 @@ async fn chat_completion_and_multi_turn_prefix_caching() {
         assert_eq!(first.object, "chat.completion");
         assert!(first.id.starts_with("chatcmpl-"));
         let choice = &first.choices[0];
-        assert_eq!(choice.message.role, "assistant");
+        assert_eq!(choice.body.message.role, "assistant");
         assert_eq!(choice.finish_reason.as_deref(), Some("length"));
-        let answer = choice.message.content.clone().unwrap();
-        assert_eq!(first.usage.completion_tokens, 40);
-        assert_eq!(first.usage.prompt_tokens_details.as_ref().unwrap().cached_tokens, 0);
+        let answer = choice.body.message.content.clone().unwrap();
+        assert_eq!(usage(&first).completion_tokens, 40);
+        assert_eq!(usage(&first).prompt_tokens_details.as_ref().unwrap().cached_tokens, 0);
 
         // The next turn repeats the conversation: its prompt starts with the first prompt and
         // the answer, so every full block of both is cached.
@@ -323,8 +318,8 @@ async fn chat_completion_and_multi_turn_prefix_caching() {
             )
             .await;
         let second: ChatCompletionResponse = serde_json::from_slice(&second.body).unwrap();
-        let computed_before = first.usage.prompt_tokens + first.usage.completion_tokens - 1;
-        let cached = second.usage.prompt_tokens_details.unwrap().cached_tokens;
+        let computed_before = usage(&first).prompt_tokens + usage(&first).completion_tokens - 1;
+        let cached = usage(&second).prompt_tokens_details.clone().unwrap().cached_tokens;
         assert_eq!(cached, computed_before / 16 * 16, "answer blocks reused");
 
         // The same question through the LoRA adapter shares nothing with the base model.
@@ -338,7 +333,7 @@ async fn chat_completion_and_multi_turn_prefix_caching() {
             .await;
         let lora: ChatCompletionResponse = serde_json::from_slice(&lora.body).unwrap();
         assert_eq!(lora.model, "sql-lora");
-        assert_eq!(lora.usage.prompt_tokens_details.unwrap().cached_tokens, 0);
+        assert_eq!(usage(&lora).prompt_tokens_details.clone().unwrap().cached_tokens, 0);
     })
     .await;
 }
@@ -361,11 +356,11 @@ async fn stop_strings_end_the_choice_before_the_match() {
         assert_eq!(choice.finish_reason.as_deref(), Some("stop"));
         let stop_reason = choice.stop_reason.as_ref().and_then(Value::as_str).unwrap();
         assert!(stops.contains(&stop_reason), "{stop_reason}");
-        assert!(stops.iter().all(|stop| !choice.text.contains(stop)), "{:?}", choice.text);
-        assert!(cut.usage.completion_tokens < 200);
+        assert!(stops.iter().all(|stop| !choice.body.text.contains(stop)), "{:?}", choice.body.text);
+        assert!(usage(&cut).completion_tokens < 200);
         assert_eq!(
-            choice.text.split(' ').count() as u32,
-            cut.usage.completion_tokens - 1,
+            choice.body.text.split(' ').count() as u32,
+            usage(&cut).completion_tokens - 1,
             "text is every token before the stop word"
         );
         // Streaming cuts at the same place.
@@ -414,7 +409,7 @@ async fn vllm_metrics_parse_with_real_names_and_agree_with_traffic() {
                 )
                 .await;
             let reply: CompletionResponse = serde_json::from_slice(&reply.body).unwrap();
-            completion_tokens += f64::from(reply.usage.completion_tokens);
+            completion_tokens += f64::from(usage(&reply).completion_tokens);
         }
         let metrics = http.metrics().await;
         for (name, kind) in [
@@ -697,17 +692,11 @@ async fn client_disconnect_aborts_the_request() {
             ..config()
         })
         .await;
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{}/v1/completions", http.base))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(
-                json!({"prompt": "long", "max_tokens": 3000, "ignore_eos": true, "stream": true})
-                    .to_string(),
-            )))
-            .unwrap();
-        let response = http.client.request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        let response = http
+            .start_stream(
+                json!({"prompt": "long", "max_tokens": 3000, "ignore_eos": true, "stream": true}),
+            )
+            .await;
         let mut body = response.into_body();
         let first = body.frame().await.expect("a chunk").expect("no error");
         assert!(first.data_ref().is_some());
@@ -812,17 +801,11 @@ async fn faults_inject_and_reset() {
             json!({"drop_rate": 1.0, "drop_after_tokens": 3}),
         )
         .await;
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{}/v1/completions", http.base))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(
-                json!({"prompt": "x", "max_tokens": 50, "ignore_eos": true, "stream": true})
-                    .to_string(),
-            )))
-            .unwrap();
-        let response = http.client.request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        let response = http
+            .start_stream(
+                json!({"prompt": "x", "max_tokens": 50, "ignore_eos": true, "stream": true}),
+            )
+            .await;
         let cut = response.into_body().collect().await;
         assert!(cut.is_err(), "the stream must end in a connection error");
 

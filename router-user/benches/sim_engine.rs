@@ -68,38 +68,8 @@ fn new_engine(events: EventDetail) -> Engine {
     )
 }
 
-/// Feeds requests at their arrival times and runs the engine until everything finished.
-fn run_one(mut engine: Engine, requests: Vec<SimRequest>) -> u64 {
-    let mut events = Vec::with_capacity(4096);
-    let mut finished = 0u64;
-    let mut pending = requests.into_iter().peekable();
-    loop {
-        let next_arrival = pending.peek().map(|request| request.arrival);
-        let next = match (engine.next_event_at(), next_arrival) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) => a,
-            (None, Some(b)) => b,
-            (None, None) => break,
-        };
-        engine.advance_into(next, &mut events);
-        while pending
-            .peek()
-            .is_some_and(|request| request.arrival <= next)
-        {
-            if let Some(request) = pending.next() {
-                engine.submit(request).expect("valid request");
-            }
-        }
-        finished += events
-            .iter()
-            .filter(|event| matches!(event, EngineEvent::Finished { .. }))
-            .count() as u64;
-        events.clear();
-    }
-    finished
-}
-
-/// Many engines on one virtual clock: always advance the engine whose next event is earliest.
+/// Engines on one virtual clock, fed their requests at arrival time: always advance the engine
+/// whose next event (or next arrival) is earliest, until every request finished.
 fn run_cluster(
     mut engines: Vec<(Engine, std::iter::Peekable<std::vec::IntoIter<SimRequest>>)>,
 ) -> u64 {
@@ -152,7 +122,9 @@ fn bench_engine(c: &mut Criterion) {
                         workload(1, 0, REQUESTS_PER_ENGINE).requests,
                     )
                 },
-                |(engine, requests)| black_box(run_one(engine, requests)),
+                |(engine, requests)| {
+                    black_box(run_cluster(vec![(engine, requests.into_iter().peekable())]))
+                },
                 BatchSize::LargeInput,
             )
         });

@@ -16,11 +16,11 @@ pub use chat::ChatPromptBuilder;
 pub use error::{ApiError, ErrorBody, ErrorInfo};
 pub use request::{
     ChatCompletionRequest, ChatMessage, CompletionRequest, ContentPart, MessageContent, Prompt,
-    Stop, StreamOptions,
+    SamplingParams, Stop, StreamOptions,
 };
 pub use response::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
-    ChatDelta, CompletionChoice, CompletionChunk, CompletionResponse, ModelCard, ModelList,
-    ModelPermission, PromptTokensDetails, Usage,
+    ChatDelta, Choice, CompletionChoice, CompletionChunk, CompletionResponse, Delta, Envelope,
+    Message, ModelCard, ModelList, ModelPermission, PromptTokensDetails, Text, Usage,
 };
 pub use routing::{ApiKind, RoutingView, RoutingViewError, parse_routing_view};

@@ -63,48 +63,38 @@ impl Stop {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CompletionRequest {
-    /// Optional in vLLM: a missing model means the served base model.
-    #[serde(default)]
-    pub model: Option<String>,
-    pub prompt: Prompt,
-    /// vLLM's default for completions is 16.
-    #[serde(default)]
+/// Generation parameters both endpoints take (flattened into each request body).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// Completions default to 16; chat to the rest of the context window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// vLLM extension: keep generating past end-of-sequence until `max_tokens`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_eos: Option<bool>,
-    #[serde(default)]
-    pub echo: Option<bool>,
-    #[serde(default)]
-    pub logprobs: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence_penalty: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f64>,
-    /// Everything else the client sent.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
 }
 
-impl CompletionRequest {
+impl SamplingParams {
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)
     }
@@ -115,6 +105,31 @@ impl CompletionRequest {
             .and_then(|options| options.include_usage)
             .unwrap_or(false)
     }
+
+    /// The stop strings, possibly none.
+    pub fn stop_strings(&self) -> Vec<String> {
+        self.stop
+            .as_ref()
+            .map(|stop| stop.strings().into_iter().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    /// Optional in vLLM: a missing model means the served base model.
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompt: Prompt,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub params: SamplingParams,
+    /// Everything else the client sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// One part of a message's content array (`{"type": "text", "text": ...}`, images, ...).
@@ -182,52 +197,19 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
-    /// Deprecated by OpenAI in favour of `max_completion_tokens`; both are accepted.
-    #[serde(default)]
-    pub max_tokens: Option<i64>,
-    #[serde(default)]
+    /// OpenAI's replacement of `max_tokens`; both are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<i64>,
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    #[serde(default)]
-    pub n: Option<i64>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    pub stop: Option<Stop>,
-    #[serde(default)]
-    pub seed: Option<i64>,
-    #[serde(default)]
-    pub user: Option<String>,
-    #[serde(default)]
-    pub ignore_eos: Option<bool>,
-    #[serde(default)]
-    pub presence_penalty: Option<f64>,
-    #[serde(default)]
-    pub frequency_penalty: Option<f64>,
+    #[serde(flatten)]
+    pub params: SamplingParams,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl ChatCompletionRequest {
-    pub fn is_stream(&self) -> bool {
-        self.stream.unwrap_or(false)
-    }
-
-    pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .and_then(|options| options.include_usage)
-            .unwrap_or(false)
-    }
-
     /// `max_completion_tokens`, else `max_tokens` (vLLM's precedence).
     pub fn requested_max_tokens(&self) -> Option<i64> {
-        self.max_completion_tokens.or(self.max_tokens)
+        self.max_completion_tokens.or(self.params.max_tokens)
     }
 
     /// The prompt text the chat template renders, ending with the assistant header.
@@ -253,7 +235,7 @@ mod tests {
         let text: CompletionRequest =
             serde_json::from_str(r#"{"model":"m","prompt":"hi","max_tokens":5}"#).unwrap();
         assert_eq!(text.prompt, Prompt::Text("hi".into()));
-        assert_eq!(text.max_tokens, Some(5));
+        assert_eq!(text.params.max_tokens, Some(5));
         let texts: CompletionRequest =
             serde_json::from_str(r#"{"model":"m","prompt":["a","b"]}"#).unwrap();
         assert_eq!(texts.prompt.len(), 2);
@@ -272,7 +254,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(request.extra.get("best_of"), Some(&Value::from(2)));
-        assert!(request.is_stream() && request.include_usage());
+        assert!(
+            !request.extra.contains_key("stream"),
+            "known fields are not extra"
+        );
+        assert!(request.params.is_stream() && request.params.include_usage());
         let back = serde_json::to_value(&request).unwrap();
         assert_eq!(back["best_of"], 2);
     }
@@ -288,7 +274,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(request.requested_max_tokens(), Some(9));
-        assert_eq!(request.stop.as_ref().unwrap().strings(), vec!["END"]);
+        assert_eq!(request.params.stop_strings(), vec!["END".to_owned()]);
+        assert_eq!(request.params.max_tokens, Some(7));
         let prompt = request.render_prompt();
         assert!(
             prompt.contains("user<|end_header_id|>\n\na\nb<|eot_id|>"),

@@ -45,39 +45,74 @@ impl Usage {
 /// `stop_reason`: the stop string or token id that ended the choice, or null (vLLM extension).
 pub type StopReason = Option<Value>;
 
+/// One choice of an answer or chunk; `B` is what the endpoint puts in it (text, message,
+/// delta).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CompletionChoice {
+pub struct Choice<B> {
     pub index: u32,
-    pub text: String,
+    #[serde(flatten)]
+    pub body: B,
     #[serde(default)]
     pub logprobs: Option<Value>,
+    /// `null` until the choice ends (streams), then `stop`, `length` or `abort`.
     #[serde(default)]
     pub finish_reason: Option<String>,
     #[serde(default)]
     pub stop_reason: StopReason,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CompletionResponse {
-    pub id: String,
-    pub object: String,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<CompletionChoice>,
-    pub usage: Usage,
+impl<B> Choice<B> {
+    pub fn new(index: u32, body: B) -> Self {
+        Self {
+            index,
+            body,
+            logprobs: None,
+            finish_reason: None,
+            stop_reason: None,
+        }
+    }
 }
 
-/// One `data:` event of a streamed completion; the optional last one has no choices and usage.
+/// Body of a completions choice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Text {
+    pub text: String,
+}
+
+/// Body of a chat answer's choice.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CompletionChunk {
+pub struct Message {
+    pub message: AssistantMessage,
+}
+
+/// Body of a chat chunk's choice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub delta: ChatDelta,
+}
+
+pub type CompletionChoice = Choice<Text>;
+pub type ChatChoice = Choice<Message>;
+pub type ChatChunkChoice = Choice<Delta>;
+
+/// The envelope shared by answers and stream chunks of both endpoints: `id`, `object`,
+/// `created`, `model`, `choices`, and `usage` (whole answers always have it; stream chunks only
+/// the last one, with `include_usage`, and no choices).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<C> {
     pub id: String,
     pub object: String,
     pub created: u64,
     pub model: String,
-    pub choices: Vec<CompletionChoice>,
+    pub choices: Vec<C>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
+
+/// `POST /v1/completions` answer (`object: "text_completion"`).
+pub type CompletionResponse = Envelope<CompletionChoice>;
+/// One `data:` event of a streamed completion (`object: "text_completion"`).
+pub type CompletionChunk = Envelope<CompletionChoice>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AssistantMessage {
@@ -88,27 +123,8 @@ pub struct AssistantMessage {
     pub tool_calls: Vec<Value>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChatChoice {
-    pub index: u32,
-    pub message: AssistantMessage,
-    #[serde(default)]
-    pub logprobs: Option<Value>,
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-    #[serde(default)]
-    pub stop_reason: StopReason,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletionResponse {
-    pub id: String,
-    pub object: String,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChatChoice>,
-    pub usage: Usage,
-}
+/// `POST /v1/chat/completions` answer (`object: "chat.completion"`).
+pub type ChatCompletionResponse = Envelope<ChatChoice>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatDelta {
@@ -118,28 +134,8 @@ pub struct ChatDelta {
     pub content: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChatChunkChoice {
-    pub index: u32,
-    pub delta: ChatDelta,
-    #[serde(default)]
-    pub logprobs: Option<Value>,
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_reason: StopReason,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletionChunk {
-    pub id: String,
-    pub object: String,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChatChunkChoice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-}
+/// One `data:` event of a streamed chat completion (`object: "chat.completion.chunk"`).
+pub type ChatCompletionChunk = Envelope<ChatChunkChoice>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelPermission {
@@ -220,16 +216,15 @@ mod tests {
             object: OBJECT_CHAT_CHUNK.into(),
             created: 1,
             model: "m".into(),
-            choices: vec![ChatChunkChoice {
-                index: 0,
-                delta: ChatDelta {
-                    role: None,
-                    content: Some(" x".into()),
+            choices: vec![ChatChunkChoice::new(
+                0,
+                Delta {
+                    delta: ChatDelta {
+                        role: None,
+                        content: Some(" x".into()),
+                    },
                 },
-                logprobs: None,
-                finish_reason: None,
-                stop_reason: None,
-            }],
+            )],
             usage: None,
         };
         let line = sse_event(&chunk).unwrap();

@@ -452,30 +452,23 @@ mod tests {
         history.observe(snapshot.lora.as_ref().unwrap(), 1.0);
         history.observe(&LoraState::default(), 2.0);
         let text = render(&snapshot, &history);
-        assert_eq!(
-            value(&text, "vllm:num_requests_running"),
-            engine.num_running() as f64
-        );
-        assert_eq!(
-            value(&text, "vllm:num_requests_waiting"),
-            engine.num_waiting() as f64
-        );
-        assert_eq!(
-            value(&text, "vllm:kv_cache_usage_perc"),
-            engine.kv_cache_usage()
-        );
-        assert_eq!(
-            value(&text, "vllm:prefix_cache_hits_total"),
-            engine.counters().prefix_hits as f64
-        );
-        assert_eq!(
-            value(&text, "vllm:generation_tokens_total"),
-            engine.counters().generation_tokens as f64
-        );
-        assert_eq!(
-            value(&text, "vllm:time_to_first_token_seconds_count"),
-            engine.histograms().ttft.count() as f64
-        );
+        let counters = engine.counters();
+        for (name, expected) in [
+            ("vllm:num_requests_running", engine.num_running() as f64),
+            ("vllm:num_requests_waiting", engine.num_waiting() as f64),
+            ("vllm:kv_cache_usage_perc", engine.kv_cache_usage()),
+            ("vllm:prefix_cache_hits_total", counters.prefix_hits as f64),
+            (
+                "vllm:generation_tokens_total",
+                counters.generation_tokens as f64,
+            ),
+            (
+                "vllm:time_to_first_token_seconds_count",
+                engine.histograms().ttft.count() as f64,
+            ),
+        ] {
+            assert_eq!(value(&text, name), expected, "{name}");
+        }
         assert!(text.contains("vllm:num_requests_running{model_name=\"llama\",engine=\"0\"}"));
         assert!(text.contains("# TYPE vllm:prefix_cache_queries_total counter"));
         assert!(text.contains("num_gpu_blocks=\"26875\""));
@@ -497,16 +490,14 @@ mod tests {
         let engine = busy_engine(EngineKind::Sglang, 0);
         let snapshot = MetricsSnapshot::of(&engine, "llama", 12.5);
         let text = render(&snapshot, &LoraInfoHistory::default());
-        assert_eq!(
-            value(&text, "sglang:num_running_reqs"),
-            engine.num_running() as f64
-        );
-        assert_eq!(
-            value(&text, "sglang:num_queue_reqs"),
-            engine.num_waiting() as f64
-        );
-        assert_eq!(value(&text, "sglang:token_usage"), engine.kv_cache_usage());
-        assert_eq!(value(&text, "sglang:gen_throughput"), 12.5);
+        for (name, expected) in [
+            ("sglang:num_running_reqs", engine.num_running() as f64),
+            ("sglang:num_queue_reqs", engine.num_waiting() as f64),
+            ("sglang:token_usage", engine.kv_cache_usage()),
+            ("sglang:gen_throughput", 12.5),
+        ] {
+            assert_eq!(value(&text, name), expected, "{name}");
+        }
         assert!(text.contains(
             "sglang:num_running_reqs{engine_type=\"unified\",model_name=\"llama\",pp_rank=\"0\",tp_rank=\"0\"}"
         ));

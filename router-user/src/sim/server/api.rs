@@ -16,13 +16,13 @@ use super::AppState;
 use super::driver::{self, EngineRequest};
 use super::generation::{ChoicePlan, Delta, Finish, Generation};
 use crate::clock::{Clock, MICROS_PER_SEC};
+use crate::openai::response::{Delta as ChunkDelta, Message, Text};
 use crate::openai::response::{
     OBJECT_CHAT_CHUNK, OBJECT_CHAT_COMPLETION, OBJECT_TEXT_COMPLETION, SSE_DONE, sse_event,
 };
 use crate::openai::{
-    ApiError, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
-    ChatCompletionRequest, ChatCompletionResponse, ChatDelta, CompletionChoice, CompletionChunk,
-    CompletionRequest, CompletionResponse, Prompt, Usage,
+    ApiError, AssistantMessage, ChatCompletionRequest, ChatDelta, Choice, CompletionRequest,
+    Envelope, Prompt, SamplingParams, Usage,
 };
 use crate::sim::tokens::{VOCAB_SIZE, encode_prompt, mix64};
 
@@ -178,8 +178,8 @@ fn resolve_model(
     }
 }
 
-fn check_stream_options(stream: bool, has_options: bool) -> Result<(), ApiError> {
-    if has_options && !stream {
+fn check_stream_options(params: &SamplingParams) -> Result<(), ApiError> {
+    if params.stream_options.is_some() && !params.is_stream() {
         return Err(ApiError::invalid_body(
             "Stream options can only be defined when `stream=True`.",
         ));
@@ -201,17 +201,8 @@ fn check_context(
     Ok(())
 }
 
-struct Sampling {
-    max_tokens: i64,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    n: Option<i64>,
-    presence_penalty: Option<f64>,
-    frequency_penalty: Option<f64>,
-}
-
 /// vLLM's `SamplingParams` checks, with its messages. Returns (max_tokens, n).
-fn check_sampling(sampling: &Sampling) -> Result<(u32, u32), ApiError> {
+fn check_sampling(sampling: &SamplingParams, max_tokens: i64) -> Result<(u32, u32), ApiError> {
     let n = sampling.n.unwrap_or(1);
     if n < 1 {
         return Err(ApiError::invalid_parameter(
@@ -266,7 +257,6 @@ fn check_sampling(sampling: &Sampling) -> Result<(u32, u32), ApiError> {
             format!("{top_p:?}"),
         ));
     }
-    let max_tokens = sampling.max_tokens;
     if max_tokens < 1 {
         return Err(ApiError::invalid_parameter(
             "max_tokens",
@@ -315,10 +305,42 @@ fn choices_for(
     (requests, choices)
 }
 
+/// The checks and choices both endpoints share, once the prompts are known.
+fn plan(
+    api: Api,
+    (model, lora): (String, Option<Arc<str>>),
+    prompts: &[Arc<[u32]>],
+    max_tokens: i64,
+    params: &SamplingParams,
+) -> Result<Plan, ApiError> {
+    let (max_tokens, n) = check_sampling(params, max_tokens)?;
+    if prompts.len() * n as usize > MAX_CHOICES {
+        return Err(ApiError::bad_request(format!(
+            "At most {MAX_CHOICES} choices per request (prompts x n)."
+        )));
+    }
+    let (requests, choices) = choices_for(
+        prompts,
+        n,
+        max_tokens,
+        params.ignore_eos.unwrap_or(false),
+        &lora,
+    );
+    Ok(Plan {
+        api,
+        model,
+        requests,
+        choices,
+        stops: params.stop_strings(),
+        stream: params.is_stream(),
+        include_usage: params.include_usage(),
+    })
+}
+
 fn plan_completion(state: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
     let request: CompletionRequest = parse_body(body)?;
-    let (model, lora) = resolve_model(state, request.model.as_deref())?;
-    check_stream_options(request.is_stream(), request.stream_options.is_some())?;
+    check_stream_options(&request.params)?;
+    let model = resolve_model(state, request.model.as_deref())?;
     let prompts: Vec<Arc<[u32]>> = match &request.prompt {
         Prompt::Text(text) => vec![Arc::from(encode_prompt(text))],
         Prompt::Texts(texts) => texts
@@ -338,49 +360,26 @@ fn plan_completion(state: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
             "[]",
         ));
     }
-    let max_tokens = request.max_tokens.unwrap_or(DEFAULT_COMPLETION_MAX_TOKENS);
+    let max_tokens = request
+        .params
+        .max_tokens
+        .unwrap_or(DEFAULT_COMPLETION_MAX_TOKENS);
     for prompt in &prompts {
         check_context(state.max_model_len, prompt.len(), max_tokens)?;
     }
-    let (max_tokens, n) = check_sampling(&Sampling {
-        max_tokens,
-        temperature: request.temperature,
-        top_p: request.top_p,
-        n: request.n,
-        presence_penalty: request.presence_penalty,
-        frequency_penalty: request.frequency_penalty,
-    })?;
-    if prompts.len() * n as usize > MAX_CHOICES {
-        return Err(ApiError::bad_request(format!(
-            "At most {MAX_CHOICES} choices per request (prompts x n)."
-        )));
-    }
-    let (requests, choices) = choices_for(
-        &prompts,
-        n,
-        max_tokens,
-        request.ignore_eos.unwrap_or(false),
-        &lora,
-    );
-    Ok(Plan {
-        api: Api::Completions,
+    plan(
+        Api::Completions,
         model,
-        requests,
-        choices,
-        stops: request
-            .stop
-            .as_ref()
-            .map(|stop| stop.strings().into_iter().map(str::to_owned).collect())
-            .unwrap_or_default(),
-        stream: request.is_stream(),
-        include_usage: request.include_usage(),
-    })
+        &prompts,
+        max_tokens,
+        &request.params,
+    )
 }
 
 fn plan_chat(state: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
     let request: ChatCompletionRequest = parse_body(body)?;
-    let (model, lora) = resolve_model(state, request.model.as_deref())?;
-    check_stream_options(request.is_stream(), request.stream_options.is_some())?;
+    check_stream_options(&request.params)?;
+    let model = resolve_model(state, request.model.as_deref())?;
     if request.messages.is_empty() {
         return Err(ApiError::invalid_parameter(
             "messages",
@@ -393,34 +392,7 @@ fn plan_chat(state: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
     let room = i64::from(state.max_model_len) - prompt.len() as i64;
     let max_tokens = request.requested_max_tokens().unwrap_or(room.max(0));
     check_context(state.max_model_len, prompt.len(), max_tokens)?;
-    let (max_tokens, n) = check_sampling(&Sampling {
-        max_tokens,
-        temperature: request.temperature,
-        top_p: request.top_p,
-        n: request.n,
-        presence_penalty: request.presence_penalty,
-        frequency_penalty: request.frequency_penalty,
-    })?;
-    let (requests, choices) = choices_for(
-        &[prompt],
-        n,
-        max_tokens,
-        request.ignore_eos.unwrap_or(false),
-        &lora,
-    );
-    Ok(Plan {
-        api: Api::Chat,
-        model,
-        requests,
-        choices,
-        stops: request
-            .stop
-            .as_ref()
-            .map(|stop| stop.strings().into_iter().map(str::to_owned).collect())
-            .unwrap_or_default(),
-        stream: request.is_stream(),
-        include_usage: request.include_usage(),
-    })
+    plan(Api::Chat, model, &[prompt], max_tokens, &request.params)
 }
 
 /// Fields every chunk and answer repeats.
@@ -448,87 +420,69 @@ impl Meta {
         }
     }
 
-    fn chunk(&self, delta: &Delta) -> Result<String, serde_json::Error> {
-        let finish_reason = delta.finish.as_ref().map(|finish| finish.reason.to_owned());
-        let stop_reason = stop_reason(delta.finish.as_ref());
-        match self.api {
-            Api::Completions => sse_event(&CompletionChunk {
-                id: self.id.clone(),
-                object: OBJECT_TEXT_COMPLETION.to_owned(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![CompletionChoice {
-                    index: delta.index,
-                    text: delta.text.clone(),
-                    logprobs: None,
-                    finish_reason,
-                    stop_reason,
-                }],
-                usage: None,
-            }),
-            Api::Chat => self.chat_chunk(ChatChunkChoice {
-                index: delta.index,
-                delta: ChatDelta {
-                    role: None,
-                    content: Some(delta.text.clone()),
-                },
-                logprobs: None,
-                finish_reason,
-                stop_reason,
-            }),
+    fn envelope<C>(&self, object: &str, choices: Vec<C>, usage: Option<Usage>) -> Envelope<C> {
+        Envelope {
+            id: self.id.clone(),
+            object: object.to_owned(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
         }
     }
 
-    fn chat_chunk(&self, choice: ChatChunkChoice) -> Result<String, serde_json::Error> {
-        sse_event(&ChatCompletionChunk {
-            id: self.id.clone(),
-            object: OBJECT_CHAT_CHUNK.to_owned(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![choice],
-            usage: None,
-        })
+    fn chunk(&self, delta: &Delta) -> Result<String, serde_json::Error> {
+        let finish = delta.finish.as_ref();
+        match self.api {
+            Api::Completions => {
+                let body = Text {
+                    text: delta.text.clone(),
+                };
+                let choices = vec![choice(delta.index, body, finish)];
+                sse_event(&self.envelope(OBJECT_TEXT_COMPLETION, choices, None))
+            }
+            Api::Chat => {
+                let body = ChunkDelta {
+                    delta: ChatDelta {
+                        role: None,
+                        content: Some(delta.text.clone()),
+                    },
+                };
+                let choices = vec![choice(delta.index, body, finish)];
+                sse_event(&self.envelope(OBJECT_CHAT_CHUNK, choices, None))
+            }
+        }
     }
 
     fn role_chunk(&self, index: u32) -> Result<String, serde_json::Error> {
-        self.chat_chunk(ChatChunkChoice {
-            index,
+        let body = ChunkDelta {
             delta: ChatDelta {
                 role: Some("assistant".to_owned()),
                 content: Some(String::new()),
             },
-            logprobs: None,
-            finish_reason: None,
-            stop_reason: None,
-        })
+        };
+        sse_event(&self.envelope(OBJECT_CHAT_CHUNK, vec![choice(index, body, None)], None))
     }
 
     fn usage_chunk(&self, usage: Usage) -> Result<String, serde_json::Error> {
-        match self.api {
-            Api::Completions => sse_event(&CompletionChunk {
-                id: self.id.clone(),
-                object: OBJECT_TEXT_COMPLETION.to_owned(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: Vec::new(),
-                usage: Some(usage),
-            }),
-            Api::Chat => sse_event(&ChatCompletionChunk {
-                id: self.id.clone(),
-                object: OBJECT_CHAT_CHUNK.to_owned(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: Vec::new(),
-                usage: Some(usage),
-            }),
-        }
+        let object = match self.api {
+            Api::Completions => OBJECT_TEXT_COMPLETION,
+            Api::Chat => OBJECT_CHAT_CHUNK,
+        };
+        // No choices: the body type does not matter for an empty list.
+        sse_event(&self.envelope::<Choice<Text>>(object, Vec::new(), Some(usage)))
     }
 }
 
-fn stop_reason(finish: Option<&Finish>) -> Option<serde_json::Value> {
-    finish
-        .and_then(|finish| finish.stop_reason.clone())
-        .map(serde_json::Value::String)
+/// A choice with its end, if it ended.
+fn choice<B>(index: u32, body: B, finish: Option<&Finish>) -> Choice<B> {
+    Choice {
+        finish_reason: finish.map(|finish| finish.reason.to_owned()),
+        stop_reason: finish
+            .and_then(|finish| finish.stop_reason.clone())
+            .map(serde_json::Value::String),
+        ..Choice::new(index, body)
+    }
 }
 
 type Chunk = Result<Bytes, std::io::Error>;
@@ -628,47 +582,37 @@ fn json_response(body: &impl Serialize) -> Response {
 /// Waits for every choice and answers with one JSON body.
 async fn whole(mut generation: Generation, meta: Meta) -> Response {
     while generation.next().await.is_some() {}
-    let usage = generation.usage();
+    let usage = Some(generation.usage());
     let results = generation.results();
     match meta.api {
-        Api::Completions => json_response(&CompletionResponse {
-            id: meta.id,
-            object: OBJECT_TEXT_COMPLETION.to_owned(),
-            created: meta.created,
-            model: meta.model,
-            choices: results
+        Api::Completions => {
+            let choices = results
                 .into_iter()
-                .map(|(index, text, finish)| CompletionChoice {
-                    index,
-                    text: text.to_owned(),
-                    logprobs: None,
-                    finish_reason: finish.map(|finish| finish.reason.to_owned()),
-                    stop_reason: stop_reason(finish),
+                .map(|(index, text, finish)| {
+                    let body = Text {
+                        text: text.to_owned(),
+                    };
+                    choice(index, body, finish)
                 })
-                .collect(),
-            usage,
-        }),
-        Api::Chat => json_response(&ChatCompletionResponse {
-            id: meta.id,
-            object: OBJECT_CHAT_COMPLETION.to_owned(),
-            created: meta.created,
-            model: meta.model,
-            choices: results
+                .collect();
+            json_response(&meta.envelope(OBJECT_TEXT_COMPLETION, choices, usage))
+        }
+        Api::Chat => {
+            let choices = results
                 .into_iter()
-                .map(|(index, text, finish)| ChatChoice {
-                    index,
-                    message: AssistantMessage {
-                        role: "assistant".to_owned(),
-                        content: Some(text.to_owned()),
-                        tool_calls: Vec::new(),
-                    },
-                    logprobs: None,
-                    finish_reason: finish.map(|finish| finish.reason.to_owned()),
-                    stop_reason: stop_reason(finish),
+                .map(|(index, text, finish)| {
+                    let body = Message {
+                        message: AssistantMessage {
+                            role: "assistant".to_owned(),
+                            content: Some(text.to_owned()),
+                            tool_calls: Vec::new(),
+                        },
+                    };
+                    choice(index, body, finish)
                 })
-                .collect(),
-            usage,
-        }),
+                .collect();
+            json_response(&meta.envelope(OBJECT_CHAT_COMPLETION, choices, usage))
+        }
     }
 }
 
@@ -676,21 +620,11 @@ async fn whole(mut generation: Generation, meta: Meta) -> Response {
 mod tests {
     use super::*;
 
-    fn sampling(max_tokens: i64) -> Sampling {
-        Sampling {
-            max_tokens,
-            temperature: None,
-            top_p: None,
-            n: None,
-            presence_penalty: None,
-            frequency_penalty: None,
-        }
-    }
-
     #[test]
     fn sampling_checks_use_vllm_messages() {
-        assert_eq!(check_sampling(&sampling(5)).unwrap(), (5, 1));
-        let err = check_sampling(&sampling(-1)).unwrap_err();
+        let plain = SamplingParams::default();
+        assert_eq!(check_sampling(&plain, 5).unwrap(), (5, 1));
+        let err = check_sampling(&plain, -1).unwrap_err();
         assert_eq!(err.body.error.param.as_deref(), Some("max_tokens"));
         assert!(
             err.body
@@ -698,37 +632,33 @@ mod tests {
                 .message
                 .starts_with("max_tokens must be at least 1, got -1.")
         );
-        let err = check_sampling(&Sampling {
+        let cold = SamplingParams {
             temperature: Some(-0.5),
-            ..sampling(5)
-        })
-        .unwrap_err();
+            ..SamplingParams::default()
+        };
+        let err = check_sampling(&cold, 5).unwrap_err();
         assert!(
             err.body
                 .error
                 .message
                 .starts_with("temperature must be non-negative, got -0.5.")
         );
-        let err = check_sampling(&Sampling {
+        let top_p = SamplingParams {
             top_p: Some(0.0),
-            ..sampling(5)
-        })
-        .unwrap_err();
+            ..SamplingParams::default()
+        };
+        let err = check_sampling(&top_p, 5).unwrap_err();
         assert_eq!(err.body.error.param.as_deref(), Some("top_p"));
-        assert!(
-            check_sampling(&Sampling {
-                n: Some(0),
-                ..sampling(5)
-            })
-            .is_err()
-        );
-        assert!(
-            check_sampling(&Sampling {
-                presence_penalty: Some(3.0),
-                ..sampling(5)
-            })
-            .is_err()
-        );
+        let no_choices = SamplingParams {
+            n: Some(0),
+            ..SamplingParams::default()
+        };
+        assert!(check_sampling(&no_choices, 5).is_err());
+        let penalty = SamplingParams {
+            presence_penalty: Some(3.0),
+            ..SamplingParams::default()
+        };
+        assert!(check_sampling(&penalty, 5).is_err());
     }
 
     #[test]

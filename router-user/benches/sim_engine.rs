@@ -5,9 +5,16 @@
 //! prompts, Poisson arrivals at 12 req/s per engine (about 70 % of an H100's capacity in the
 //! default profile). Throughput is in simulated tokens (prompt + output) per second of wall
 //! time; `docs/benchmarks.md` converts it to tokens and requests per millisecond.
+//!
+//! Each case runs twice: `sim_engine/*` measures wall time, `sim_engine_cpu/*` the benchmark
+//! thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), which stays meaningful on a machine shared
+//! with other work.
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::hint::black_box;
 use std::sync::Arc;
 
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -68,27 +75,32 @@ fn new_engine(events: EventDetail) -> Engine {
     )
 }
 
-/// Engines on one virtual clock, fed their requests at arrival time: always advance the engine
-/// whose next event (or next arrival) is earliest, until every request finished.
-fn run_cluster(
-    mut engines: Vec<(Engine, std::iter::Peekable<std::vec::IntoIter<SimRequest>>)>,
-) -> u64 {
+type Pending = std::iter::Peekable<std::vec::IntoIter<SimRequest>>;
+
+/// When an engine next needs attention: its next event or its next arrival.
+fn next_time(engine: &Engine, pending: &mut Pending) -> Option<u64> {
+    match (
+        engine.next_event_at(),
+        pending.peek().map(|request| request.arrival),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Engines on one virtual clock, fed their requests at arrival time: a heap always hands out
+/// the engine whose next event (or arrival) is earliest, until every request finished.
+fn run_cluster(mut engines: Vec<(Engine, Pending)>) -> u64 {
     let mut events = Vec::with_capacity(4096);
     let mut finished = 0u64;
-    loop {
-        let mut best: Option<(u64, usize)> = None;
-        for (index, (engine, pending)) in engines.iter_mut().enumerate() {
-            let candidate = match (engine.next_event_at(), pending.peek().map(|r| r.arrival)) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (None, None) => continue,
-            };
-            if best.is_none_or(|(at, _)| candidate < at) {
-                best = Some((candidate, index));
-            }
-        }
-        let Some((at, index)) = best else { break };
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = engines
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(index, (engine, pending))| {
+            Some(Reverse((next_time(engine, pending)?, index)))
+        })
+        .collect();
+    while let Some(Reverse((at, index))) = heap.pop() {
         let (engine, pending) = &mut engines[index];
         engine.advance_into(at, &mut events);
         while pending.peek().is_some_and(|request| request.arrival <= at) {
@@ -101,12 +113,91 @@ fn run_cluster(
             .filter(|event| matches!(event, EngineEvent::Finished { .. }))
             .count() as u64;
         events.clear();
+        if let Some(next) = next_time(engine, pending) {
+            heap.push(Reverse((next, index)));
+        }
     }
     finished
 }
 
-fn bench_engine(c: &mut Criterion) {
-    let mut group = c.benchmark_group("sim_engine");
+/// CPU time of the calling thread, in nanoseconds.
+struct ThreadCpuTime;
+
+fn thread_cpu_ns() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec and the clock id is a Linux constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    now.tv_sec as f64 * 1e9 + now.tv_nsec as f64
+}
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = f64;
+    type Value = f64;
+
+    fn start(&self) -> f64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, start: f64) -> f64 {
+        thread_cpu_ns() - start
+    }
+    fn add(&self, a: &f64, b: &f64) -> f64 {
+        a + b
+    }
+    fn zero(&self) -> f64 {
+        0.0
+    }
+    fn to_f64(&self, value: &f64) -> f64 {
+        *value
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+struct CpuFormatter;
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, typical_ns: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = match typical_ns {
+            t if t < 1e3 => (1.0, "ns cpu"),
+            t if t < 1e6 => (1e-3, "µs cpu"),
+            t if t < 1e9 => (1e-6, "ms cpu"),
+            _ => (1e-9, "s cpu"),
+        };
+        values.iter_mut().for_each(|value| *value *= factor);
+        unit
+    }
+
+    fn scale_throughputs(
+        &self,
+        _typical: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        let per_iteration = match throughput {
+            Throughput::Elements(n)
+            | Throughput::Bytes(n)
+            | Throughput::BytesDecimal(n)
+            | Throughput::Bits(n) => *n as f64,
+        };
+        // Millions per CPU-second.
+        values
+            .iter_mut()
+            .for_each(|ns| *ns = per_iteration / *ns * 1e3);
+        "Melem/s cpu"
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn bench_engine<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
+    let mut group = c.benchmark_group(group_name);
     group.sample_size(10);
     let probe = workload(1, 0, REQUESTS_PER_ENGINE);
     group.throughput(Throughput::Elements(probe.tokens));
@@ -154,5 +245,25 @@ fn bench_engine(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_engine);
-criterion_main!(benches);
+fn bench_wall(c: &mut Criterion) {
+    bench_engine(c, "sim_engine");
+}
+
+fn bench_cpu(c: &mut Criterion<ThreadCpuTime>) {
+    bench_engine(c, "sim_engine_cpu");
+}
+
+criterion_group! {
+    name = wall;
+    // No plots: the report fonts are not installed on headless machines.
+    config = Criterion::default().without_plots();
+    targets = bench_wall
+}
+
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().without_plots().with_measurement(ThreadCpuTime);
+    targets = bench_cpu
+}
+
+criterion_main!(wall, cpu);

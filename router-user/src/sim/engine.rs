@@ -25,7 +25,7 @@ use super::kv::{BlockPool, U64Map, block_hash, chain_root};
 use super::lora::{LoraId, LoraSlots};
 use super::profile::{Profile, StepWork};
 use super::stats::{EngineCounters, LatencyHistograms};
-use super::tokens::{mix64, output_token};
+use super::tokens::{mix64, output_key, output_token_keyed};
 use crate::clock::{MICROS_PER_SEC, Micros};
 use crate::telemetry::{EndpointLoad, EngineKind, GpuSample, LoraState};
 
@@ -182,47 +182,51 @@ pub struct RequestState {
     pub preemptions: u32,
 }
 
+/// One request inside the engine. `repr(C)` with the fields every step touches first, so the
+/// per-step loops read one or two cache lines per sequence.
 #[derive(Debug, Default)]
+#[repr(C)]
 struct Seq {
-    alive: bool,
     id: u64,
-    prompt: Arc<[u32]>,
-    max_tokens: u32,
-    /// Output tokens it will produce before stopping.
-    target: u32,
-    lora: Option<LoraId>,
-    root: u64,
-    arrival: Micros,
-    generated: u32,
     /// Prompt + generated tokens.
     num_tokens: u32,
     /// Tokens whose KV is computed.
     num_computed: u32,
     /// Tokens scheduled in the in-flight step.
     scheduled: u32,
+    generated: u32,
+    /// Output tokens it will produce before stopping.
+    target: u32,
+    max_tokens: u32,
+    /// Leading blocks already offered to the prefix cache.
+    registered: u32,
+    alive: bool,
     /// Has sampled since its last (re)compute started: its next step is a decode.
     prefilled: bool,
-    cached_tokens: u32,
-    first_scheduled: Option<Micros>,
-    first_token: Option<Micros>,
+    lora: Option<LoraId>,
+    phase: Option<RequestPhase>,
     last_token: Micros,
     blocks: Vec<u32>,
     /// Hashes of this sequence's full blocks that are known (prompt, plus output blocks
     /// hashed when it was preempted).
     hashes: Vec<u64>,
-    /// Leading blocks already offered to the prefix cache.
-    registered: u32,
+    prompt: Arc<[u32]>,
+    root: u64,
+    arrival: Micros,
+    cached_tokens: u32,
     preemptions: u32,
-    phase: Option<RequestPhase>,
+    first_scheduled: Option<Micros>,
+    first_token: Option<Micros>,
 }
 
 impl Seq {
-    fn token_at(&self, position: u32, seed: u64) -> u32 {
+    /// Token at `position` of prompt + output; `output` is the request's [`output_key`].
+    fn token_at(&self, position: u32, output: u64) -> u32 {
         let prompt_len = self.prompt.len() as u32;
         if position < prompt_len {
             self.prompt[position as usize]
         } else {
-            output_token(seed, self.id, position - prompt_len)
+            output_token_keyed(output, position - prompt_len)
         }
     }
 }
@@ -260,6 +264,8 @@ pub struct Engine {
     running: Vec<u32>,
     in_flight: Option<Step>,
     scheduled: Vec<(u32, u64)>,
+    /// Scratch: blocks a prefix-cache lookup found.
+    hits: Vec<u32>,
     clock: Micros,
     lora: LoraSlots,
     batch_loras: Vec<LoraId>,
@@ -292,6 +298,7 @@ impl Engine {
             running: Vec::with_capacity(profile.max_num_seqs as usize),
             in_flight: None,
             scheduled: Vec::with_capacity(profile.max_num_seqs as usize),
+            hits: Vec::new(),
             clock: config.start,
             lora: LoraSlots::new(config.max_loras),
             batch_loras: Vec::new(),
@@ -596,18 +603,17 @@ impl Engine {
                 position += 1;
                 continue;
             }
-            let cached_blocks = self.lookup(slot);
+            self.lookup(slot);
+            let cached_blocks = self.hits.len() as u32;
             let seq = &self.seqs[slot as usize];
             let cached_tokens = cached_blocks * self.block_size;
             let tokens = (seq.num_tokens - cached_tokens).min(budget);
             let needed = self.blocks_for(u64::from(cached_tokens + tokens)) as u32 - cached_blocks;
-            let evictable_hits = seq.hashes[..cached_blocks as usize]
+            // Hits on unreferenced blocks take them out of the free queue.
+            let evictable_hits = self
+                .hits
                 .iter()
-                .filter(|&&hash| {
-                    self.pool
-                        .lookup(hash)
-                        .is_some_and(|b| self.pool.refs(b) == 0)
-                })
+                .filter(|&&block| self.pool.refs(block) == 0)
                 .count() as u32;
             if needed + evictable_hits > self.pool.num_free() {
                 break;
@@ -619,12 +625,9 @@ impl Engine {
             step_hits += u64::from(cached_tokens);
             step_new += u64::from(num_tokens - cached_tokens);
             admitted = true;
-            for block_index in 0..cached_blocks as usize {
-                let hash = self.seqs[slot as usize].hashes[block_index];
-                if let Some(block) = self.pool.lookup(hash) {
-                    self.pool.touch(block);
-                    self.seqs[slot as usize].blocks.push(block);
-                }
+            for &block in &self.hits {
+                self.pool.touch(block);
+                self.seqs[slot as usize].blocks.push(block);
             }
             self.grow(slot, needed);
             let seq = &mut self.seqs[slot as usize];
@@ -694,16 +697,18 @@ impl Engine {
         self.scheduled.push((slot, seq.id));
     }
 
-    /// Leading full blocks of `slot`'s tokens in the prefix cache; at least one token is
-    /// always left to compute (the last one's logits are needed).
-    fn lookup(&self, slot: u32) -> u32 {
+    /// Collects into `self.hits` the blocks holding the leading full blocks of `slot`'s tokens;
+    /// at least one token is always left to compute (the last one's logits are needed).
+    fn lookup(&mut self, slot: u32) {
+        self.hits.clear();
         let seq = &self.seqs[slot as usize];
         let limit = ((seq.num_tokens - 1) / self.block_size) as usize;
-        seq.hashes
-            .iter()
-            .take(limit)
-            .take_while(|&&hash| self.pool.lookup(hash).is_some())
-            .count() as u32
+        for &hash in seq.hashes.iter().take(limit) {
+            match self.pool.lookup(hash) {
+                Some(block) => self.hits.push(block),
+                None => break,
+            }
+        }
     }
 
     /// Offers the computed full blocks of `slot` up to `full_blocks` to the prefix cache.
@@ -727,13 +732,14 @@ impl Engine {
         let full = self.seqs[slot as usize].num_computed / block_size;
         {
             let seq = &mut self.seqs[slot as usize];
+            let output = output_key(seed, seq.id);
             while (seq.hashes.len() as u32) < full {
                 let index = seq.hashes.len() as u32;
                 let parent = seq.hashes.last().copied().unwrap_or(seq.root);
                 let first = index * block_size;
                 let hash = block_hash(
                     parent,
-                    (first..first + block_size).map(|position| seq.token_at(position, seed)),
+                    (first..first + block_size).map(|position| seq.token_at(position, output)),
                 );
                 seq.hashes.push(hash);
             }

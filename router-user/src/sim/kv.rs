@@ -4,6 +4,7 @@
 //! parent's hash and its token ids (and the LoRA adapter, so adapters never share cache).
 //! Blocks with no reference sit in one free queue in LRU order; a cached block stays findable
 //! by hash while it waits there, and allocation takes from the front, evicting its hash.
+
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -52,8 +53,8 @@ pub(crate) fn chain_root(lora: Option<&str>) -> u64 {
 pub(crate) fn block_hash(parent: u64, tokens: impl Iterator<Item = u32>) -> u64 {
     let mut buf = [0u8; MAX_BLOCK_SIZE as usize * 4];
     let mut len = 0;
-    for token in tokens {
-        buf[len..len + 4].copy_from_slice(&token.to_le_bytes());
+    for (slot, token) in buf.chunks_exact_mut(4).zip(tokens) {
+        slot.copy_from_slice(&token.to_le_bytes());
         len += 4;
     }
     match xxh3_64_with_seed(&buf[..len], parent) {
@@ -94,7 +95,8 @@ impl BlockPool {
             head: if num_blocks == 0 { NIL } else { 0 },
             tail: num_blocks.checked_sub(1).unwrap_or(NIL),
             free_len: num_blocks,
-            cached: U64Map::default(),
+            // At most one entry per block: never rehashes.
+            cached: U64Map::with_capacity_and_hasher(num_blocks as usize, Default::default()),
         }
     }
 
@@ -175,13 +177,12 @@ impl BlockPool {
         }
         self.unlink(id);
         let block = &mut self.blocks[id as usize];
-        if block.hash != NO_HASH {
-            let hash = std::mem::replace(&mut block.hash, NO_HASH);
-            if self.cached.get(&hash) == Some(&id) {
-                self.cached.remove(&hash);
-            }
+        let hash = std::mem::replace(&mut block.hash, NO_HASH);
+        block.refs = 1;
+        // Only a registered block has a hash, and the map points at it: evict the entry.
+        if hash != NO_HASH {
+            self.cached.remove(&hash);
         }
-        self.blocks[id as usize].refs = 1;
         Some(id)
     }
 
@@ -251,6 +252,7 @@ mod tests {
         assert_ne!(c, b);
         assert_eq!(pool.allocate(), Some(b));
         assert_eq!(pool.lookup(22), None, "evicted on reuse");
+        assert_eq!(pool.num_cached(), 1);
         assert_eq!(pool.lookup(11), Some(a));
         // A hit on a free cached block takes it out of the queue.
         pool.touch(a);
@@ -272,6 +274,12 @@ mod tests {
         // Evicting b (anonymous) must not drop a's entry.
         assert_eq!(pool.allocate(), Some(b));
         assert_eq!(pool.lookup(5), Some(a));
+        // Once a is evicted too, the same contents can live in another block.
+        assert_eq!(pool.allocate(), Some(a));
+        assert_eq!(pool.lookup(5), None);
+        pool.release(b);
+        assert!(pool.register(b, 5));
+        assert_eq!(pool.lookup(5), Some(b));
     }
 
     #[test]
@@ -286,6 +294,23 @@ mod tests {
         pool.release(a);
         assert_eq!(pool.num_used(), 0);
         assert!((pool.usage() - 0.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn the_map_never_outgrows_the_pool() {
+        let mut pool = BlockPool::new(4);
+        for round in 0..10_000u64 {
+            let id = pool.allocate().unwrap();
+            assert!(pool.register(id, round + 1));
+            pool.release(id);
+        }
+        assert_eq!(
+            pool.num_cached(),
+            4,
+            "only the four resident blocks are findable"
+        );
+        assert!(pool.lookup(10_000).is_some());
+        assert!(pool.lookup(1).is_none());
     }
 
     #[test]

@@ -176,15 +176,6 @@ static OUTPUT_VOCAB: LazyLock<Vec<OutputWord>> = LazyLock::new(|| {
         .collect()
 });
 
-fn output_word(seed: u64, request_id: u64, position: u32) -> &'static (String, u32) {
-    let word = &OUTPUT_VOCAB[output_index(seed, request_id, position)];
-    if position == 0 {
-        &word.first
-    } else {
-        &word.later
-    }
-}
-
 /// SplitMix64 finaliser: a cheap, well-mixed hash of one integer.
 pub(crate) fn mix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -193,20 +184,37 @@ pub(crate) fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn output_index(seed: u64, request_id: u64, position: u32) -> usize {
-    let h = mix64(seed ^ mix64(request_id ^ mix64(u64::from(position))));
-    (h % OUTPUT_WORDS.len() as u64) as usize
+/// Key of one request's output stream: the words at every position derive from it.
+pub fn output_key(seed: u64, request_id: u64) -> u64 {
+    mix64(seed ^ mix64(request_id))
+}
+
+fn output_word(key: u64, position: u32) -> &'static (String, u32) {
+    let hash = mix64(key ^ u64::from(position).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let word = &OUTPUT_VOCAB[(hash % OUTPUT_WORDS.len() as u64) as usize];
+    if position == 0 {
+        &word.first
+    } else {
+        &word.later
+    }
+}
+
+/// Token id of output token `position` of the request whose [`output_key`] is `key`.
+pub fn output_token_keyed(key: u64, position: u32) -> u32 {
+    output_word(key, position).1
 }
 
 /// Token id of output token `position` (0-based) of request `request_id`.
 pub fn output_token(seed: u64, request_id: u64, position: u32) -> u32 {
-    output_word(seed, request_id, position).1
+    output_token_keyed(output_key(seed, request_id), position)
 }
 
 /// Text of output token `position` (0-based) of request `request_id`: `"the"` for the first,
 /// `" the"` after that.
 pub fn output_text(seed: u64, request_id: u64, position: u32) -> &'static str {
-    output_word(seed, request_id, position).0.as_str()
+    output_word(output_key(seed, request_id), position)
+        .0
+        .as_str()
 }
 
 #[cfg(test)]

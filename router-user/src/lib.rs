@@ -7,6 +7,8 @@
 //! - [`telemetry`]: the normalised endpoint-load and GPU records every part shares.
 //! - [`k8s`]: InferencePool / InferenceObjective resources, CRDs, cluster watchers.
 //! - [`clock`]: real and virtual time (the cluster simulation drives the same code).
+//! - [`openai`]: OpenAI-compatible request/response/error types and the routing view.
+//! - [`sim`]: a simulated vLLM / SGLang model server (in-process engine and HTTP server).
 //! - [`cli`]: the `switchyard` command line.
 pub mod bench;
 pub mod cli;
@@ -15,4 +17,6 @@ pub mod dataplane;
 pub mod demo;
 pub mod k8s;
 pub mod logging;
+pub mod openai;
+pub mod sim;
 pub mod telemetry;

@@ -31,6 +31,8 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// What the node agent senses: scrape model servers, check a metrics page, read the GPUs.
     Telemetry(crate::telemetry::cli::TelemetryArgs),
+    /// Simulated vLLM / SGLang model server (OpenAI API, /metrics, GPU view, fault injection).
+    Sim(crate::sim::cli::SimArgs),
 }
 
 /// Parses arguments, runs the subcommand on a tokio runtime, and maps errors to exit codes.
@@ -63,5 +65,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Telemetry(args) => crate::telemetry::cli::run(args).await,
+        Command::Sim(args) => crate::sim::cli::run(args).await,
     }
 }

@@ -72,7 +72,9 @@ impl GpuSample {
         if self.memory_total_bytes == 0 {
             return 0.0;
         }
-        let free = self.memory_total_bytes.saturating_sub(self.memory_used_bytes);
+        let free = self
+            .memory_total_bytes
+            .saturating_sub(self.memory_used_bytes);
         free as f64 / self.memory_total_bytes as f64
     }
 }

@@ -40,7 +40,9 @@ impl std::str::FromStr for EngineKind {
         Self::ALL
             .into_iter()
             .find(|kind| kind.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown engine `{s}` (expected vllm, sglang, trtllm or triton)"))
+            .ok_or_else(|| {
+                format!("unknown engine `{s}` (expected vllm, sglang, trtllm or triton)")
+            })
     }
 }
 

@@ -29,6 +29,7 @@ mod decision;
 mod duration;
 mod exact;
 mod filters;
+mod pick_bench;
 mod picker;
 mod plugins;
 mod prefix_hash;
@@ -48,6 +49,7 @@ pub use decision::{Contribution, Decision, EXPLAINED, NoEndpoints, PickError, Ra
 pub use duration::{GoDuration, parse_go_duration};
 pub use exact::{ExactState, ExactStateSource};
 pub use filters::gpu_fault;
+pub use pick_bench::{BENCH_NOW, PickFixture, PickLatency, run_pick_bench};
 pub use plugins::{
     CacheAwareParams, CostParams, DEFAULT_FATAL_XIDS, DEFAULT_PICKS, GpuHealthParams,
     GpuScorerParams, InflightMode, InflightParams, PLUGIN_TYPES, PickerParams, PrefixParams,

@@ -68,21 +68,28 @@ criterion_group! {
     targets = pick, around_pick
 }
 
+/// `PICK_HDR_ONLY=1` skips criterion; `PICK_PROFILES=a,b` picks the built-in profiles timed.
 fn main() {
-    benches();
-    Criterion::default()
-        .without_plots()
-        .configure_from_args()
-        .final_summary();
+    if std::env::var_os("PICK_HDR_ONLY").is_none() {
+        benches();
+        Criterion::default()
+            .without_plots()
+            .configure_from_args()
+            .final_summary();
+    }
     if std::env::args().any(|arg| arg == "--test" || arg == "--list") {
         return;
     }
+    let profiles: Vec<String> = std::env::var("PICK_PROFILES").map_or_else(
+        |_| PROFILES.iter().map(|p| p.to_string()).collect(),
+        |list| list.split(',').map(str::to_owned).collect(),
+    );
     println!("\npick latency, one thread, hdrhistogram (ns):");
     println!(
         "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "profile", "endpoints", "mean", "p50", "p99", "p99.9", "max"
     );
-    for profile in PROFILES {
+    for profile in &profiles {
         for endpoints in SIZES {
             let picks = if endpoints >= 2_048 { 50_000 } else { 200_000 };
             let r = run_pick_bench(profile, endpoints, picks);

@@ -21,6 +21,7 @@ use crate::{
 };
 
 const Q16: f64 = 65_535.0;
+const INV_Q16: f32 = 1.0 / 65_535.0;
 const HIT_UNKNOWN: u64 = 0xff;
 const HIT_SCALE: f64 = 250.0;
 const KNOWN_BIT: u64 = 1 << 63;
@@ -63,8 +64,8 @@ impl LoadFeatures {
         Some(Self {
             waiting: (word & 0xffff) as u32,
             running: ((word >> 16) & 0xffff) as u32,
-            kv_usage: (((word >> 32) & 0xffff) as f64 / Q16) as f32,
-            prefix_hit_rate: (hit != HIT_UNKNOWN).then(|| (hit as f64 / HIT_SCALE) as f32),
+            kv_usage: ((word >> 32) & 0xffff) as f32 * INV_Q16,
+            prefix_hit_rate: (hit != HIT_UNKNOWN).then(|| hit as f32 * (1.0 / HIT_SCALE as f32)),
             sampled_at,
             inflight_at_sample,
         })
@@ -147,7 +148,7 @@ impl GpuSignals {
         }
         let xid = ((word >> 32) & 0xffff) as u16;
         Some(Self {
-            memory_headroom: ((word & 0xffff) as f64 / Q16) as f32,
+            memory_headroom: (word & 0xffff) as f32 * INV_Q16,
             utilization_pct: ((word >> 16) & 0xff) as u8,
             memory_utilization_pct: ((word >> 24) & 0xff) as u8,
             last_xid: (xid != 0).then_some(xid),
@@ -155,6 +156,73 @@ impl GpuSignals {
             throttled: (word >> 56) & 1 == 1,
             sampled_at,
         })
+    }
+}
+
+/// The hot words of a cell, for the scheduler's pick loop: read with plain loads, decoded
+/// without building intermediate records.
+#[derive(Clone, Copy, Debug)]
+pub struct HotRead {
+    pub inflight: u32,
+    pub inflight_at_sample: u32,
+    load: u64,
+    load_at: Micros,
+    gpu: u64,
+    gpu_at: Micros,
+}
+
+impl HotRead {
+    /// A load sample exists and is at most `staleness` old at `now`.
+    #[inline]
+    pub fn load_fresh(&self, now: Micros, staleness: Micros) -> bool {
+        self.load & KNOWN_BIT != 0 && now.saturating_sub(self.load_at) <= staleness
+    }
+
+    #[inline]
+    pub fn waiting(&self) -> u32 {
+        (self.load & 0xffff) as u32
+    }
+
+    #[inline]
+    pub fn running(&self) -> u32 {
+        ((self.load >> 16) & 0xffff) as u32
+    }
+
+    #[inline]
+    pub fn kv_usage(&self) -> f32 {
+        ((self.load >> 32) & 0xffff) as f32 * INV_Q16
+    }
+
+    /// GPU readings exist and are at most `staleness` old at `now`.
+    #[inline]
+    pub fn gpu_fresh(&self, now: Micros, staleness: Micros) -> bool {
+        self.gpu & KNOWN_BIT != 0 && now.saturating_sub(self.gpu_at) <= staleness
+    }
+
+    /// Some GPU reported an XID or an uncorrected ECC error (whatever the reading's age).
+    #[inline]
+    pub fn gpu_has_event(&self) -> bool {
+        self.gpu & KNOWN_BIT != 0 && (self.gpu >> 32) & 0xff_ffff != 0
+    }
+
+    /// The decoded GPU signals, if any were reported.
+    pub fn gpu_signals(&self) -> Option<GpuSignals> {
+        GpuSignals::unpack(self.gpu, self.gpu_at)
+    }
+
+    #[inline]
+    pub fn gpu_headroom(&self) -> f32 {
+        (self.gpu & 0xffff) as f32 * INV_Q16
+    }
+
+    #[inline]
+    pub fn gpu_utilization(&self) -> f32 {
+        ((self.gpu >> 16) & 0xff) as f32 * 0.01
+    }
+
+    #[inline]
+    pub fn gpu_throttled(&self) -> bool {
+        (self.gpu >> 56) & 1 == 1
     }
 }
 
@@ -270,6 +338,19 @@ impl LiveEndpoint {
             self.load_at.load(Ordering::Relaxed),
             self.inflight_at_sample.load(Ordering::Relaxed),
         )
+    }
+
+    /// The hot words in one go, for the pick loop.
+    #[inline]
+    pub fn hot(&self) -> HotRead {
+        HotRead {
+            inflight: self.inflight_requests.load(Ordering::Relaxed),
+            inflight_at_sample: self.inflight_at_sample.load(Ordering::Relaxed),
+            load: self.load.load(Ordering::Acquire),
+            load_at: self.load_at.load(Ordering::Relaxed),
+            gpu: self.gpu.load(Ordering::Acquire),
+            gpu_at: self.gpu_at.load(Ordering::Relaxed),
+        }
     }
 
     /// The full latest load record (LoRA lists, engine details), `None` before the first sample.

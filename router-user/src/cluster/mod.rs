@@ -15,7 +15,9 @@ mod table;
 
 pub use endpoint::{EndpointMeta, Health};
 pub use inflight::Inflight;
-pub use live::{EndpointTotals, GpuSignals, LiveEndpoint, LoadFeatures, LoadUpdate, TokenUsage};
+pub use live::{
+    EndpointTotals, GpuSignals, HotRead, LiveEndpoint, LoadFeatures, LoadUpdate, TokenUsage,
+};
 pub use snapshot::{ModelFilter, PositionSet, Snapshot, SnapshotEndpoint};
 pub use table::{EndpointTable, MembershipChange};
 

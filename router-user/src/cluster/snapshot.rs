@@ -1,11 +1,61 @@
 //! An immutable view of the endpoint set, published whole and read without locks.
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use super::{
     endpoint::{EndpointMeta, Health},
     inflight::Inflight,
     live::LiveEndpoint,
 };
+
+/// A fast hasher for the address → position map (looked up per prefix match on the pick path,
+/// where SipHash's DoS resistance buys nothing: keys are pod addresses, not client input).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        // splitmix64 finaliser: spreads the bits hashbrown takes its control byte from.
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+}
+
+type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<AddrHasher>>;
 
 /// A fixed-size set of endpoint positions in a snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -74,7 +124,10 @@ impl SnapshotEndpoint {
 pub struct Snapshot {
     version: u64,
     endpoints: Box<[SnapshotEndpoint]>,
-    by_addr: HashMap<SocketAddr, u32>,
+    /// Hot copies for the pick loop: the live cells contiguously, and who is `Ready`.
+    lives: Box<[Arc<LiveEndpoint>]>,
+    ready: PositionSet,
+    by_addr: AddrMap<u32>,
     /// For each model some endpoint declares: the endpoints that declare it.
     declared_models: HashMap<String, PositionSet>,
     /// Endpoints that declare no model list and so are taken to serve every model of the pool.
@@ -84,11 +137,15 @@ pub struct Snapshot {
 impl Snapshot {
     pub(crate) fn build(version: u64, endpoints: Vec<SnapshotEndpoint>) -> Self {
         let len = endpoints.len();
-        let mut by_addr = HashMap::with_capacity(len);
+        let mut by_addr = AddrMap::with_capacity_and_hasher(len, Default::default());
         let mut declared_models: HashMap<String, PositionSet> = HashMap::new();
         let mut serve_any_model = PositionSet::with_len(len);
+        let mut ready = PositionSet::with_len(len);
         for (position, endpoint) in endpoints.iter().enumerate() {
             by_addr.insert(endpoint.addr(), position as u32);
+            if endpoint.health.is_ready() {
+                ready.insert(position);
+            }
             if endpoint.meta.models.is_empty() {
                 serve_any_model.insert(position);
             }
@@ -99,8 +156,11 @@ impl Snapshot {
                     .insert(position);
             }
         }
+        let lives = endpoints.iter().map(|e| e.live.clone()).collect();
         Self {
             version,
+            lives,
+            ready,
             endpoints: endpoints.into_boxed_slice(),
             by_addr,
             declared_models,
@@ -123,6 +183,18 @@ impl Snapshot {
 
     pub fn endpoints(&self) -> &[SnapshotEndpoint] {
         &self.endpoints
+    }
+
+    /// Live cells by position (a contiguous array the pick loop walks).
+    #[inline]
+    pub fn lives(&self) -> &[Arc<LiveEndpoint>] {
+        &self.lives
+    }
+
+    /// Whether the endpoint at `position` is `Ready`.
+    #[inline]
+    pub fn is_ready(&self, position: usize) -> bool {
+        self.ready.contains(position)
     }
 
     pub fn position(&self, addr: &SocketAddr) -> Option<usize> {

@@ -97,12 +97,16 @@ schedulingProfiles:
 
 /// Switchyard's profile: the TTFT cost model (prefix affinity weighed against the queue it
 /// joins, with in-flight accounting between samples), KV headroom, GPU signals, LoRA and session
-/// affinity; sick GPUs filtered out. See docs/scheduling.md.
+/// affinity; sick GPUs filtered out; beyond 128 endpoints, the affine ones plus a random 128 are
+/// scored (power of d choices). See docs/scheduling.md.
 const SWITCHYARD: &str = "\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:
 - type: gpu-health-filter
+- type: affinity-sample-filter
+  parameters:
+    sampleSize: 128
 - type: ttft-scorer
   parameters:
     queueCost: 1.0
@@ -122,6 +126,7 @@ schedulingProfiles:
 - name: switchyard
   plugins:
   - pluginRef: gpu-health-filter
+  - pluginRef: affinity-sample-filter
   - pluginRef: ttft-scorer
     weight: 5
   - pluginRef: kv-cache-utilization-scorer

@@ -380,6 +380,19 @@ fn compile_profile(
                         format!("`{name}` is already in this profile"),
                     ));
                 }
+                if scorer.is_singleton()
+                    && let Some(other) = scorers.iter().find(|s: &&WeightedScorer| {
+                        std::mem::discriminant(&s.kind) == std::mem::discriminant(scorer)
+                    })
+                {
+                    return Err(invalid(
+                        format!("{entry_path}.pluginRef"),
+                        format!(
+                            "`{name}` is of the same type as `{}`; a profile holds one",
+                            other.name
+                        ),
+                    ));
+                }
                 if let ScorerKind::Prefix(params) = scorer {
                     if prefix.as_ref().is_some_and(|seen| seen != params) {
                         return Err(invalid(

@@ -31,12 +31,9 @@ pub(crate) fn has_capacity(
     config: &SaturationConfig,
     headroom: f64,
 ) -> bool {
-    let Some(load) = &candidate.load else {
-        return false;
-    };
-    let queue = (i64::from(load.waiting) + candidate.inflight_since_sample(load)).max(0) as f64;
-    queue < f64::from(config.queue_depth_threshold) * (1.0 + headroom)
-        && f64::from(load.kv_usage) < config.kv_cache_util_threshold * (1.0 + headroom)
+    candidate.fresh()
+        && f64::from(candidate.queue) < f64::from(config.queue_depth_threshold) * (1.0 + headroom)
+        && f64::from(candidate.kv) < config.kv_cache_util_threshold * (1.0 + headroom)
 }
 
 /// GIE's utilisation filter: keep endpoints with capacity; the caller keeps everyone when none

@@ -51,9 +51,9 @@ pub use exact::{ExactState, ExactStateSource};
 pub use filters::gpu_fault;
 pub use pick_bench::{BENCH_NOW, PickFixture, PickLatency, run_pick_bench};
 pub use plugins::{
-    CacheAwareParams, CostParams, DEFAULT_FATAL_XIDS, DEFAULT_PICKS, GpuHealthParams,
-    GpuScorerParams, InflightMode, InflightParams, PLUGIN_TYPES, PickerParams, PrefixParams,
-    SaturationFilterParams, SessionParams,
+    AffinitySampleParams, CacheAwareParams, CostParams, DEFAULT_FATAL_XIDS, DEFAULT_PICKS,
+    GpuHealthParams, GpuScorerParams, InflightMode, InflightParams, PLUGIN_TYPES, PickerParams,
+    PrefixParams, SaturationFilterParams, SessionParams,
 };
 pub use prefix_hash::{
     DEFAULT_BLOCK_BYTES, DEFAULT_BLOCK_TOKENS, DEFAULT_MAX_BLOCKS, PrefixHasher, hash_token_blocks,

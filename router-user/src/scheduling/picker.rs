@@ -44,6 +44,12 @@ impl TopK {
         }
     }
 
+    /// Whether an item with `score` could enter (it might tie with the worst held).
+    #[inline]
+    pub fn admits(&self, score: f64) -> bool {
+        self.items.len() < self.k || self.items.last().is_some_and(|worst| score >= worst.score)
+    }
+
     #[inline]
     pub fn offer(&mut self, item: Ranked) {
         if self.items.len() == self.k {

@@ -273,10 +273,25 @@ impl Default for PickerParams {
     }
 }
 
+/// Power-of-d choices for large fleets: score the endpoints the request has affinity with
+/// (prefix holders, its session's endpoint) plus a seeded random sample of the others.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AffinitySampleParams {
+    pub sample_size: usize,
+}
+
+impl Default for AffinitySampleParams {
+    fn default() -> Self {
+        Self { sample_size: 256 }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum FilterKind {
     GpuHealth(GpuHealthParams),
     Saturation(SaturationFilterParams),
+    AffinitySample(AffinitySampleParams),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -292,6 +307,30 @@ pub(crate) enum ScorerKind {
     Ttft(CostParams),
     CacheAware(CacheAwareParams),
     Oracle(CostParams),
+}
+
+impl ScorerKind {
+    /// Whether the value depends on the other candidates (min-max, ratios, pool balance), so it
+    /// can only be computed after the statistics pass.
+    pub(crate) fn needs_pool_stats(&self) -> bool {
+        matches!(
+            self,
+            Self::Queue
+                | Self::Inflight(_)
+                | Self::Connections
+                | Self::Ttft(_)
+                | Self::CacheAware(_)
+                | Self::Oracle(_)
+        )
+    }
+
+    /// Kinds a profile may hold at most once (they keep per-profile state or costs).
+    pub(crate) fn is_singleton(&self) -> bool {
+        matches!(
+            self,
+            Self::Ttft(_) | Self::Oracle(_) | Self::CacheAware(_) | Self::Session(_)
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,6 +376,7 @@ pub const PLUGIN_TYPES: &[&str] = &[
     "oracle-scorer",
     "gpu-health-filter",
     "saturation-filter",
+    "affinity-sample-filter",
     "max-score-picker",
     "random-picker",
     "round-robin-picker",
@@ -420,6 +460,11 @@ pub(crate) fn build_plugin(
             Scorer(ScorerKind::CacheAware(p))
         }
         "gpu-health-filter" => Filter(FilterKind::GpuHealth(params(parameters)?)),
+        "affinity-sample-filter" => {
+            let p: AffinitySampleParams = params(parameters)?;
+            check_at_least_one("sampleSize", p.sample_size)?;
+            Filter(FilterKind::AffinitySample(p))
+        }
         "saturation-filter" => {
             let p: SaturationFilterParams = params(parameters)?;
             check_non_negative("headroom", p.headroom)?;

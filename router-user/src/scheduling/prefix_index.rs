@@ -6,8 +6,8 @@
 //!   `lruCapacityPerServer`, 31,250 by default ≈ 2M tokens at 64 tokens a block), evicting the
 //!   least recently routed blocks as the engine's own LRU would;
 //! - per block, at most `max_endpoints_per_block` holders (most recent kept). A block held by
-//!   more endpoints than that is on so many of them that it no longer tells them apart, and the
-//!   cap keeps the worst-case lookup at `blocks × cap` whatever the fleet size.
+//!   more endpoints than that is on so many of them that it no longer tells them apart; an
+//!   endpoint displaced from such a shallow block is still found through its deeper blocks.
 //!
 //! Concurrency: 64 shards of block → holders maps behind reader-writer locks (short critical
 //! sections, reads never wait on other reads) plus one LRU lock per endpoint taken only by
@@ -30,6 +30,9 @@ use super::request::BlockHash;
 
 pub const DEFAULT_CAPACITY_PER_ENDPOINT: usize = 31_250;
 pub const DEFAULT_MAX_ENDPOINTS_PER_BLOCK: usize = 32;
+/// Distinct match depths a lookup resolves; endpoints matching less than the 16th deepest
+/// level are not reported (their match is the shallowest anyway).
+pub const MAX_MATCH_LEVELS: usize = 16;
 const SHARDS: usize = 64;
 
 /// Block hashes are already uniformly mixed: hashing them again is wasted time.
@@ -253,53 +256,98 @@ impl PrefixIndex {
         }
     }
 
-    /// Appends to `out` every endpoint holding at least the first block of `blocks`, with the
-    /// number of leading blocks it holds. Work is bounded by `blocks × max_endpoints_per_block`
-    /// and stops at the first block no remaining candidate holds.
+    /// Appends to `out` the endpoints holding blocks of `blocks`, each with its match depth:
+    /// 1 + the index of the deepest block it holds.
+    ///
+    /// Block hashes are chained, so an endpoint holding block `j` was sent the whole prefix up
+    /// to `j`; the deepest block held is the match length even when the index forgot a shallower
+    /// block (its LRU, or the per-block holder cap on a block every endpoint shares). The search
+    /// works level by level from the deep end: a binary search finds the deepest block with a
+    /// holder not yet counted, its holders get that depth, and the search continues above it.
+    /// Cost: about `levels × log2(blocks)` lookups (two levels, ~16 lookups, for a typical
+    /// shared-prefix request) instead of one per block; at most [`MAX_MATCH_LEVELS`] levels.
     pub fn matches(&self, blocks: &[BlockHash], out: &mut Vec<PrefixMatch>) {
-        let Some(&first) = blocks.first() else {
-            return;
-        };
-        let mut alive: Vec<EndpointId> = match self.shard(first).read().get(&first) {
-            Some(holders) => holders.0.iter().map(|holder| holder.id).collect(),
-            None => return,
-        };
-        let mut matched: Vec<(EndpointId, u32)> = Vec::with_capacity(alive.len());
-        let mut next = Vec::with_capacity(alive.len());
-        let mut depth = 1u32;
-        for &hash in &blocks[1..] {
-            next.clear();
-            {
-                let shard = self.shard(hash).read();
-                let holders = shard.get(&hash).map_or(&[][..], |holders| &holders.0[..]);
-                // Both sides are sorted by id: merge.
-                let mut h = 0;
-                for &id in &alive {
-                    while h < holders.len() && holders[h].id < id {
-                        h += 1;
-                    }
-                    if h < holders.len() && holders[h].id == id {
-                        next.push(id);
-                    } else {
-                        matched.push((id, depth));
-                    }
+        let mut counted: Vec<EndpointId> = Vec::new();
+        let mut fresh: Vec<EndpointId> = Vec::new();
+        let mut found: Vec<(EndpointId, u32)> = Vec::new();
+        let mut end = blocks.len();
+        for _ in 0..MAX_MATCH_LEVELS {
+            let Some(depth) = self.deepest_uncounted(&blocks[..end], &counted) else {
+                break;
+            };
+            fresh.clear();
+            self.uncounted_holders(blocks[depth], &counted, &mut fresh);
+            for &id in &fresh {
+                found.push((id, depth as u32 + 1));
+                if let Err(at) = counted.binary_search(&id) {
+                    counted.insert(at, id);
                 }
             }
-            std::mem::swap(&mut alive, &mut next);
-            if alive.is_empty() {
-                break;
-            }
-            depth += 1;
+            end = depth;
         }
-        matched.extend(alive.iter().map(|&id| (id, depth)));
+        if found.is_empty() {
+            return;
+        }
         let registry = self.registry.read();
-        out.extend(matched.into_iter().filter_map(|(id, blocks)| {
+        out.extend(found.into_iter().filter_map(|(id, blocks)| {
             let endpoint = registry.slots.get(id as usize)?.as_ref()?;
             Some(PrefixMatch {
                 addr: endpoint.addr,
                 blocks,
             })
         }));
+    }
+
+    /// Index of the deepest block of `blocks` with a holder not in `counted` (sorted), assuming
+    /// holders shrink with depth (chained hashes); `None` if even the first has none.
+    fn deepest_uncounted(&self, blocks: &[BlockHash], counted: &[EndpointId]) -> Option<usize> {
+        let has = |index: usize| self.has_uncounted_holder(blocks[index], counted);
+        let last = blocks.len().checked_sub(1)?;
+        if has(last) {
+            return Some(last);
+        }
+        // Invariant: has(lo) unknown-or-true region starts at 0, has(hi) is false.
+        let (mut lo, mut hi) = (0usize, last);
+        if !has(0) {
+            return None;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if has(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+
+    fn has_uncounted_holder(&self, hash: BlockHash, counted: &[EndpointId]) -> bool {
+        let shard = self.shard(hash).read();
+        shard.get(&hash).is_some_and(|holders| {
+            holders
+                .0
+                .iter()
+                .any(|holder| counted.binary_search(&holder.id).is_err())
+        })
+    }
+
+    fn uncounted_holders(
+        &self,
+        hash: BlockHash,
+        counted: &[EndpointId],
+        out: &mut Vec<EndpointId>,
+    ) {
+        let shard = self.shard(hash).read();
+        if let Some(holders) = shard.get(&hash) {
+            out.extend(
+                holders
+                    .0
+                    .iter()
+                    .map(|holder| holder.id)
+                    .filter(|id| counted.binary_search(id).is_err()),
+            );
+        }
     }
 
     /// Blocks recorded for `addr` (its approximate cache size, in blocks).
@@ -389,7 +437,9 @@ mod tests {
         index.insert(addr(3), &[7]);
         assert_eq!(lookup(&index, &[1, 2, 3, 5]), vec![(1, 3), (2, 2)]);
         assert_eq!(lookup(&index, &[1, 2, 3, 4, 5]), vec![(1, 4), (2, 2)]);
-        assert_eq!(lookup(&index, &[99, 2, 3]), vec![]);
+        assert_eq!(lookup(&index, &[1, 2, 3, 4]), vec![(1, 4), (2, 2)]);
+        assert_eq!(lookup(&index, &[99, 98]), vec![]);
+        assert_eq!(lookup(&index, &[7, 8]), vec![(3, 1)]);
         assert_eq!(lookup(&index, &[]), vec![]);
     }
 
@@ -399,9 +449,10 @@ mod tests {
         index.insert(addr(1), &[1, 2]);
         index.insert(addr(1), &[10, 11]);
         assert_eq!(index.blocks_of(&addr(1)), 3);
-        // Block 1 was the least recently used and is gone; 2 survives.
-        assert_eq!(lookup(&index, &[1, 2]), vec![]);
-        assert_eq!(lookup(&index, &[2]), vec![(1, 1)]);
+        // Block 1 was the least recently used and is gone; 2 survives (and still says the
+        // endpoint was sent the prefix up to it).
+        assert_eq!(lookup(&index, &[1]), vec![]);
+        assert_eq!(lookup(&index, &[1, 2]), vec![(1, 2)]);
         assert_eq!(index.distinct_blocks(), 3);
         // Touching 2 again makes 10 the oldest.
         index.insert(addr(1), &[2, 12]);
@@ -425,6 +476,34 @@ mod tests {
         index.insert(addr(2), &[5]);
         index.insert(addr(1), &[5]);
         assert_eq!(lookup(&index, &[5]), vec![(1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn endpoints_displaced_from_a_popular_first_block_still_match_deeper() {
+        let index = PrefixIndex::new(1_000, 2);
+        // Endpoint 9 got a group prompt; then many others got the shared preamble (block 1).
+        index.insert(addr(9), &[1, 20, 21, 22]);
+        for other in 1..=5 {
+            index.insert(addr(other), &[1, 30]);
+        }
+        assert_eq!(
+            lookup(&index, &[1, 20, 21, 22, 23]),
+            vec![(4, 1), (5, 1), (9, 4)]
+        );
+    }
+
+    #[test]
+    fn deep_and_shallow_levels_are_resolved_with_few_lookups() {
+        let index = PrefixIndex::new(10_000, 64);
+        let long: Vec<BlockHash> = (1..=200).collect();
+        index.insert(addr(1), &long);
+        index.insert(addr(2), &long[..150]);
+        index.insert(addr(3), &long[..10]);
+        index.insert(addr(4), &long[..10]);
+        assert_eq!(
+            lookup(&index, &long),
+            vec![(1, 200), (2, 150), (3, 10), (4, 10)]
+        );
     }
 
     #[test]

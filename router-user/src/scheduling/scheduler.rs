@@ -12,19 +12,19 @@ use super::{
     builtin,
     config::{CompiledProfile, ConfigError, EndpointPickerConfig, WeightedScorer},
     decision::{Contribution, Decision, EXPLAINED, NoEndpoints, PickError, RankedEndpoint},
-    exact::ExactStateSource,
+    exact::{ExactState, ExactStateSource},
     filters::{gpu_fault, has_capacity, saturation_filter},
     picker::{Ranked, TopK, mix64},
-    plugins::{FilterKind, PickerKind, PrefixParams, ScorerKind},
+    plugins::{CostParams, FilterKind, InflightMode, PickerKind, PrefixParams, ScorerKind},
     prefix_hash::{PrefixHasher, hash_token_blocks},
     prefix_index::{PrefixIndex, PrefixMatch},
     request::{BlockHash, SchedulingRequest},
-    scoring::{self, Candidate, Stats},
+    scoring::{self, Candidate, Needs, Stats},
     session::SessionTable,
 };
 use crate::{
     clock::{MICROS_PER_SEC, Micros},
-    cluster::{Health, Inflight, PositionSet, Snapshot},
+    cluster::{Health, Inflight, ModelFilter, PositionSet, Snapshot},
 };
 
 /// How a scheduler is built besides its config.
@@ -52,7 +52,13 @@ impl SchedulerOptions {
 #[derive(Default)]
 struct Scratch {
     candidates: Vec<Candidate>,
+    /// Exact states aligned with `candidates` (oracle profile only).
+    exact: Vec<Option<ExactState>>,
     subset: PositionSet,
+    /// The subset hint's positions, sorted.
+    subset_positions: Vec<u32>,
+    /// Positions already visited by a sampled pass.
+    seen: PositionSet,
     matches: Vec<PrefixMatch>,
     prefix_hits: Vec<(u32, u32)>,
     tree_hits: Vec<(u32, u32)>,
@@ -80,6 +86,12 @@ pub struct Scheduler {
     draws: AtomicU64,
     cursor: AtomicU64,
     gpu_staleness: Micros,
+    needs: Needs,
+    /// The profile's `ttft-scorer` and `oracle-scorer` parameters, when it has them.
+    ttft: Option<CostParams>,
+    oracle: Option<CostParams>,
+    /// `affinity-sample-filter`: score at most this many endpoints besides the affine ones.
+    sample_size: Option<usize>,
 }
 
 impl Scheduler {
@@ -177,7 +189,32 @@ impl Scheduler {
                 _ => None,
             })
             .unwrap_or(DEFAULT_GPU_STALENESS);
+        let needs = Needs {
+            inflight_tokens: kinds().any(|kind| {
+                matches!(kind, ScorerKind::Inflight(params) if params.mode == InflightMode::Tokens)
+            }),
+            connections: kinds().any(|kind| matches!(kind, ScorerKind::Connections)),
+        };
+        let ttft = kinds().find_map(|kind| match kind {
+            ScorerKind::Ttft(params) => Some(params.clone()),
+            _ => None,
+        });
+        let sample_size = profile
+            .filters
+            .iter()
+            .find_map(|filter| match &filter.kind {
+                FilterKind::AffinitySample(params) => Some(params.sample_size),
+                _ => None,
+            });
+        let oracle = kinds().find_map(|kind| match kind {
+            ScorerKind::Oracle(params) => Some(params.clone()),
+            _ => None,
+        });
         Ok(Self {
+            needs,
+            ttft,
+            oracle,
+            sample_size,
             profile,
             prefix,
             tree,
@@ -252,9 +289,9 @@ impl Scheduler {
         now: Micros,
     ) -> Result<Decision, PickError> {
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut scratch) => self.pick_with(request, snapshot, now, &mut scratch),
+            Ok(mut scratch) => self.pick_with(request, snapshot, now, &mut scratch, false),
             // Re-entered from an exact-state source: use fresh buffers.
-            Err(_) => self.pick_with(request, snapshot, now, &mut Scratch::default()),
+            Err(_) => self.pick_with(request, snapshot, now, &mut Scratch::default(), false),
         })
     }
 
@@ -300,6 +337,7 @@ impl Scheduler {
         snapshot: &Snapshot,
         now: Micros,
         scratch: &mut Scratch,
+        full_scan: bool,
     ) -> Result<Decision, PickError> {
         if snapshot.is_empty() {
             return Err(PickError::NoEndpoints(NoEndpoints::EmptyPool));
@@ -313,76 +351,97 @@ impl Scheduler {
             _ => None,
         };
         let saturation = self.profile.saturation;
-        let models = snapshot.model_filter(request.model);
-        let lora_needed =
-            request.lora.is_some() && self.has_scorer(|kind| matches!(kind, ScorerKind::Lora));
-
         let Scratch {
             candidates,
-            subset,
+            exact,
+            subset_positions,
+            seen,
             prefix_hits,
             tree_hits,
             ..
         } = scratch;
         candidates.clear();
-        let (mut served, mut draining, mut unhealthy) = (0u32, 0u32, 0u32);
-        let mut filtered_by: Option<&Arc<str>> = None;
-        let (mut prefix_cursor, mut tree_cursor) = (0usize, 0usize);
-        'endpoints: for (position, endpoint) in snapshot.endpoints().iter().enumerate() {
-            if subset_active && !subset.contains(position) {
-                continue;
+        exact.clear();
+        let mut visitor = Visitor {
+            scheduler: self,
+            request,
+            snapshot,
+            now,
+            models: snapshot.model_filter(request.model),
+            lora_needed: request.lora.is_some()
+                && self.has_scorer(|kind| matches!(kind, ScorerKind::Lora)),
+            gpu_filtering: self
+                .profile
+                .filters
+                .iter()
+                .any(|filter| matches!(filter.kind, FilterKind::GpuHealth(_))),
+            prefix_hits,
+            tree_hits,
+            session_position: session_position.map(|p| p as u32),
+            candidates,
+            exact,
+            stats: Stats::default(),
+            served: 0,
+            draining: 0,
+            unhealthy: 0,
+            filtered_by: None,
+        };
+        let len = snapshot.len();
+        // Which endpoints to look at: the subset hint's, a sample (plus every endpoint the
+        // request has affinity with), or all.
+        let sample = self
+            .sample_size
+            .filter(|&size| !full_scan && !subset_active && request.lora.is_none() && size < len);
+        let sampled = sample.is_some();
+        if subset_active {
+            for &position in subset_positions.iter() {
+                visitor.visit(position);
             }
-            if !models.allows(position) {
-                continue;
+        } else if let Some(size) = sample {
+            seen.reset(len);
+            let affinity = visitor
+                .prefix_hits
+                .iter()
+                .chain(visitor.tree_hits.iter())
+                .map(|&(position, _)| position)
+                .chain(visitor.session_position);
+            let affinity: Vec<u32> = affinity.collect();
+            for position in affinity {
+                if !seen.contains(position as usize) {
+                    seen.insert(position as usize);
+                    visitor.visit(position);
+                }
             }
-            served += 1;
-            match endpoint.health {
-                Health::Ready => {}
-                Health::Draining => {
-                    draining += 1;
+            let draw = mix64(self.seed ^ mix64(self.draws.fetch_add(1, Ordering::Relaxed)));
+            let (start, stride) = walk(draw, len);
+            let mut admitted = 0;
+            for step in 0..len {
+                let position = (start + step * stride) % len;
+                if seen.contains(position) {
                     continue;
                 }
-                Health::Unhealthy(_) => {
-                    unhealthy += 1;
-                    continue;
+                if visitor.visit(position as u32) {
+                    admitted += 1;
+                    if admitted >= size {
+                        break;
+                    }
                 }
             }
-            let live = endpoint.live();
-            for filter in &self.profile.filters {
-                if let FilterKind::GpuHealth(params) = &filter.kind
-                    && let Some(gpu) = live.gpu()
-                    && gpu_fault(&gpu, params).is_some()
-                {
-                    filtered_by = Some(&filter.name);
-                    continue 'endpoints;
-                }
+        } else {
+            for position in 0..len as u32 {
+                visitor.visit(position);
             }
-            let position = position as u32;
-            let mut candidate = scoring::read_live(
-                position,
-                live,
-                now,
-                saturation.metrics_staleness,
-                self.gpu_staleness,
-            );
-            candidate.prefix_blocks = take_hit(prefix_hits, &mut prefix_cursor, position);
-            if let Some(tree) = &self.tree {
-                candidate.tree_blocks = take_hit(tree_hits, &mut tree_cursor, position);
-                candidate.tree_size =
-                    u32::try_from(tree.blocks_of(&endpoint.addr())).unwrap_or(u32::MAX);
-            }
-            candidate.session = session_position == Some(position as usize);
-            candidate.lora = if lora_needed {
-                let load = live.last_load();
-                scoring::lora(request, load.as_ref().and_then(|load| load.lora.as_ref()))
-            } else {
-                1.0
-            };
-            if let Some(source) = &self.exact {
-                candidate.exact = source.exact(endpoint.addr(), request);
-            }
-            candidates.push(candidate);
         }
+        let Visitor {
+            mut stats,
+            served,
+            draining,
+            unhealthy,
+            filtered_by,
+            candidates,
+            exact,
+            ..
+        } = visitor;
 
         if candidates.is_empty() {
             let reason = if served == 0 {
@@ -397,17 +456,18 @@ impl Scheduler {
             };
             return Err(PickError::NoEndpoints(reason));
         }
-        for filter in &self.profile.filters {
-            if let FilterKind::Saturation(params) = &filter.kind
-                && candidates
-                    .iter()
-                    .any(|c| saturation_filter(c, &saturation, params))
-            {
-                candidates.retain(|c| saturation_filter(c, &saturation, params));
+        if self.apply_saturation_filters(candidates, exact) {
+            stats = Stats::default();
+            for candidate in candidates.iter() {
+                stats.observe(candidate);
             }
         }
         if request.is_sheddable() && !candidates.iter().any(|c| has_capacity(c, &saturation, 0.0)) {
-            let stale = candidates.iter().filter(|c| c.load.is_none()).count();
+            if sampled {
+                // Shed only after looking at everyone, not just the sample.
+                return self.pick_with(request, snapshot, now, scratch, true);
+            }
+            let stale = candidates.iter().filter(|c| !c.fresh()).count();
             return Err(PickError::Saturated {
                 reason: format!(
                     "none of {} endpoints has capacity (queue < {}, KV < {:.0}%, metrics newer \
@@ -419,12 +479,7 @@ impl Scheduler {
                 ),
             });
         }
-
-        let mut stats = Stats::default();
-        for candidate in candidates.iter() {
-            stats.observe(candidate);
-        }
-        self.estimate_costs(request, candidates, &mut stats);
+        self.estimate_costs(request, candidates, exact, &mut stats);
 
         let draw = mix64(self.seed ^ mix64(self.draws.fetch_add(1, Ordering::Relaxed)));
         let ranked = match self.profile.picker {
@@ -437,11 +492,14 @@ impl Scheduler {
                     } else {
                         self.total_score(candidate, &stats, request)
                     };
-                    top.offer(Ranked {
-                        slot: slot as u32,
-                        score,
-                        key: mix64(draw ^ u64::from(candidate.position)),
-                    });
+                    // The tie-break key is only needed by a candidate that can still enter.
+                    if top.admits(score) {
+                        top.offer(Ranked {
+                            slot: slot as u32,
+                            score,
+                            key: mix64(draw ^ u64::from(candidate.position)),
+                        });
+                    }
                 }
                 top.into_vec()
             }
@@ -457,7 +515,12 @@ impl Scheduler {
                     .collect()
             }
         };
-        Ok(self.decision(request, snapshot, candidates, &stats, ranked, now))
+        let pool = Pool {
+            candidates,
+            exact,
+            stats: &stats,
+        };
+        Ok(self.decision(request, snapshot, pool, ranked, now))
     }
 
     fn has_scorer(&self, test: impl Fn(&ScorerKind) -> bool) -> bool {
@@ -477,14 +540,17 @@ impl Scheduler {
             return Err(PickError::NoEndpoints(NoEndpoints::EmptySubset));
         }
         scratch.subset.reset(snapshot.len());
-        let mut members = 0;
+        scratch.subset_positions.clear();
         for addr in subset {
-            if let Some(position) = snapshot.position(addr) {
+            if let Some(position) = snapshot.position(addr)
+                && !scratch.subset.contains(position)
+            {
                 scratch.subset.insert(position);
-                members += 1;
+                scratch.subset_positions.push(position as u32);
             }
         }
-        if members == 0 {
+        scratch.subset_positions.sort_unstable();
+        if scratch.subset_positions.is_empty() {
             return Err(PickError::NoEndpoints(NoEndpoints::SubsetNotMembers(
                 subset.len(),
             )));
@@ -516,55 +582,93 @@ impl Scheduler {
         }
     }
 
+    /// GIE's utilisation filter, for each `saturation-filter` of the profile: keeps the
+    /// endpoints with capacity, or everyone when none has any. Returns whether it removed any.
+    fn apply_saturation_filters(
+        &self,
+        candidates: &mut Vec<Candidate>,
+        exact: &mut Vec<Option<ExactState>>,
+    ) -> bool {
+        let saturation = self.profile.saturation;
+        let mut removed = false;
+        for filter in &self.profile.filters {
+            let FilterKind::Saturation(params) = &filter.kind else {
+                continue;
+            };
+            let keep = |c: &Candidate| saturation_filter(c, &saturation, params);
+            let kept = candidates.iter().filter(|c| keep(c)).count();
+            if kept == 0 || kept == candidates.len() {
+                continue;
+            }
+            removed = true;
+            if !exact.is_empty() {
+                let mut states = exact.drain(..);
+                let kept_states: Vec<Option<ExactState>> = candidates
+                    .iter()
+                    .filter_map(|c| {
+                        let state = states.next().flatten();
+                        keep(c).then_some(state)
+                    })
+                    .collect();
+                drop(states);
+                *exact = kept_states;
+            }
+            candidates.retain(|c| keep(c));
+        }
+        removed
+    }
+
     fn estimate_costs(
         &self,
         request: &SchedulingRequest<'_>,
         candidates: &mut [Candidate],
+        exact: &[Option<ExactState>],
         stats: &mut Stats,
     ) {
-        for scorer in &self.profile.scorers {
-            match &scorer.kind {
-                ScorerKind::Ttft(params) => {
-                    for candidate in candidates.iter_mut() {
-                        let hit =
-                            scoring::prefix_fraction(candidate.prefix_blocks, request.prefix.len());
-                        candidate.ttft_cost = scoring::ttft_cost(candidate, stats, hit, params);
-                        stats.ttft_cost.add(candidate.ttft_cost);
+        if let Some(params) = &self.ttft {
+            // Fresh endpoints were costed in the first pass; unknown ones need the statistics.
+            let fresh_stats = *stats;
+            for candidate in candidates.iter_mut().filter(|c| c.ttft_cost.is_nan()) {
+                let hit = scoring::prefix_fraction(candidate.prefix_blocks, request.prefix.len());
+                let cost = scoring::ttft_cost_unknown(candidate, &fresh_stats, hit, params);
+                candidate.ttft_cost = cost as f32;
+                stats.ttft_cost.add(f64::from(candidate.ttft_cost));
+            }
+        }
+        if let Some(params) = &self.oracle {
+            let mut unknown = false;
+            for (candidate, state) in candidates.iter_mut().zip(exact) {
+                match state {
+                    Some(state) => {
+                        let cost = scoring::oracle_cost(state, request, params) as f32;
+                        candidate.oracle_cost = cost;
+                        stats.oracle_cost.add(f64::from(cost));
+                    }
+                    None => {
+                        candidate.oracle_cost = f32::NAN;
+                        unknown = true;
                     }
                 }
-                ScorerKind::Oracle(params) => {
-                    let mut unknown = false;
-                    for candidate in candidates.iter_mut() {
-                        match scoring::oracle_cost(candidate, request, params) {
-                            Some(cost) => {
-                                candidate.oracle_cost = cost;
-                                stats.oracle_cost.add(cost);
-                            }
-                            None => {
-                                candidate.oracle_cost = f64::NAN;
-                                unknown = true;
-                            }
-                        }
-                    }
-                    if unknown {
-                        let worst = if stats.oracle_cost.is_empty() {
-                            1.0
-                        } else {
-                            stats.oracle_cost.max + 1.0
-                        };
-                        for candidate in candidates.iter_mut() {
-                            if candidate.oracle_cost.is_nan() {
-                                candidate.oracle_cost = worst;
-                                stats.oracle_cost.add(worst);
-                            }
-                        }
+            }
+            // An endpoint the source does not know costs more than the worst known one.
+            if unknown {
+                let worst = if stats.oracle_cost.is_empty() {
+                    1.0
+                } else {
+                    stats.oracle_cost.max + 1.0
+                };
+                for candidate in candidates.iter_mut() {
+                    if candidate.oracle_cost.is_nan() {
+                        candidate.oracle_cost = worst as f32;
+                        stats.oracle_cost.add(worst);
                     }
                 }
-                _ => {}
             }
         }
     }
 
+    /// Σ weight × value of the scorers that need pool statistics, added to the first pass's
+    /// partial sum.
     #[inline]
     fn total_score(
         &self,
@@ -572,11 +676,31 @@ impl Scheduler {
         stats: &Stats,
         request: &SchedulingRequest<'_>,
     ) -> f64 {
-        self.profile
+        let mut total = f64::from(candidate.partial);
+        for scorer in self
+            .profile
             .scorers
             .iter()
-            .map(|scorer| scorer.weight * self.scorer_value(scorer, candidate, stats, request))
-            .sum()
+            .filter(|s| s.kind.needs_pool_stats())
+        {
+            total += scorer.weight * self.scorer_value(scorer, candidate, stats, request);
+        }
+        total
+    }
+
+    /// Σ weight × value of the scorers that need no pool statistics.
+    #[inline]
+    fn partial_score(&self, candidate: &Candidate, request: &SchedulingRequest<'_>) -> f32 {
+        let mut partial = 0.0;
+        for scorer in self
+            .profile
+            .scorers
+            .iter()
+            .filter(|s| !s.kind.needs_pool_stats())
+        {
+            partial += scorer.weight * self.scorer_value(scorer, candidate, &Stats::EMPTY, request);
+        }
+        partial as f32
     }
 
     #[inline]
@@ -595,7 +719,7 @@ impl Scheduler {
             }
             ScorerKind::Lora => f64::from(candidate.lora),
             ScorerKind::Session(_) => {
-                if candidate.session {
+                if candidate.has(Candidate::SESSION) {
                     1.0
                 } else {
                     0.0
@@ -604,12 +728,16 @@ impl Scheduler {
             ScorerKind::Inflight(params) => scoring::inflight(candidate, stats, params.mode),
             ScorerKind::Gpu(params) => scoring::gpu(candidate, params),
             ScorerKind::Connections => scoring::connections(candidate, stats),
-            ScorerKind::Ttft(params) => {
-                scoring::relative_cost(candidate.ttft_cost, &stats.ttft_cost, params.smoothing)
-            }
-            ScorerKind::Oracle(params) => {
-                scoring::relative_cost(candidate.oracle_cost, &stats.oracle_cost, params.smoothing)
-            }
+            ScorerKind::Ttft(params) => scoring::relative_cost(
+                f64::from(candidate.ttft_cost),
+                &stats.ttft_cost,
+                params.smoothing,
+            ),
+            ScorerKind::Oracle(params) => scoring::relative_cost(
+                f64::from(candidate.oracle_cost),
+                &stats.oracle_cost,
+                params.smoothing,
+            ),
             ScorerKind::CacheAware(params) => {
                 scoring::cache_aware(candidate, stats, request.prefix.len(), params)
             }
@@ -622,12 +750,17 @@ impl Scheduler {
         }
     }
 
-    fn predicted_hit(&self, candidate: &Candidate, request: &SchedulingRequest<'_>) -> f64 {
+    fn predicted_hit(
+        &self,
+        candidate: &Candidate,
+        exact: Option<&ExactState>,
+        request: &SchedulingRequest<'_>,
+    ) -> f64 {
         if self.prefix.is_some() {
             scoring::prefix_fraction(candidate.prefix_blocks, request.prefix.len())
         } else if self.tree.is_some() {
             scoring::prefix_fraction(candidate.tree_blocks, request.prefix.len())
-        } else if let Some(exact) = candidate.exact {
+        } else if let Some(exact) = exact {
             let prompt = f64::from(request.input_tokens.max(1));
             (f64::from(exact.cached_prefix_tokens) / prompt).min(1.0)
         } else {
@@ -639,11 +772,15 @@ impl Scheduler {
         &self,
         request: &SchedulingRequest<'_>,
         snapshot: &Snapshot,
-        candidates: &[Candidate],
-        stats: &Stats,
+        pool: Pool<'_>,
         ranked: Vec<Ranked>,
         now: Micros,
     ) -> Decision {
+        let Pool {
+            candidates,
+            exact,
+            stats,
+        } = pool;
         let endpoints = snapshot.endpoints();
         let ranked: Vec<RankedEndpoint> = ranked
             .iter()
@@ -667,7 +804,11 @@ impl Scheduler {
                 Some(RankedEndpoint {
                     addr: endpoint.addr(),
                     score: item.score,
-                    prefix_hit: self.predicted_hit(candidate, request),
+                    prefix_hit: self.predicted_hit(
+                        candidate,
+                        exact.get(item.slot as usize).and_then(Option::as_ref),
+                        request,
+                    ),
                     contributions,
                 })
             })
@@ -684,14 +825,137 @@ impl Scheduler {
     }
 }
 
-/// Advances a merge cursor over position-sorted hits; the blocks held at `position`, or 0.
+/// The blocks held at `position` in position-sorted hits, or 0.
 #[inline]
-fn take_hit(hits: &[(u32, u32)], cursor: &mut usize, position: u32) -> u32 {
-    while *cursor < hits.len() && hits[*cursor].0 < position {
-        *cursor += 1;
+fn hit_at(hits: &[(u32, u32)], position: u32) -> u32 {
+    if hits.is_empty() {
+        return 0;
     }
-    match hits.get(*cursor) {
-        Some(&(at, blocks)) if at == position => blocks,
-        _ => 0,
+    hits.binary_search_by_key(&position, |&(at, _)| at)
+        .map_or(0, |found| hits[found].1)
+}
+
+/// A seeded walk over `0..len` that visits every position once: a random start and a random
+/// stride coprime with `len`.
+pub(crate) fn walk(draw: u64, len: usize) -> (usize, usize) {
+    if len <= 1 {
+        return (0, 1);
+    }
+    let start = (draw % len as u64) as usize;
+    let mut stride = ((draw >> 32) % len as u64) as usize | 1;
+    while gcd(stride, len) != 1 {
+        stride += 1;
+    }
+    (start, stride % len)
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The scored candidates of one pick, for building its decision.
+struct Pool<'a> {
+    candidates: &'a [Candidate],
+    exact: &'a [Option<ExactState>],
+    stats: &'a Stats,
+}
+
+/// The first pass over endpoints: filters, reads the live cell, fills a candidate.
+struct Visitor<'a, 'r> {
+    scheduler: &'a Scheduler,
+    request: &'a SchedulingRequest<'r>,
+    snapshot: &'a Snapshot,
+    now: Micros,
+    models: ModelFilter<'a>,
+    lora_needed: bool,
+    gpu_filtering: bool,
+    prefix_hits: &'a [(u32, u32)],
+    tree_hits: &'a [(u32, u32)],
+    session_position: Option<u32>,
+    candidates: &'a mut Vec<Candidate>,
+    exact: &'a mut Vec<Option<ExactState>>,
+    stats: Stats,
+    served: u32,
+    draining: u32,
+    unhealthy: u32,
+    filtered_by: Option<&'a Arc<str>>,
+}
+
+impl Visitor<'_, '_> {
+    /// Considers one endpoint; returns whether it became a candidate.
+    #[inline]
+    fn visit(&mut self, position: u32) -> bool {
+        let at = position as usize;
+        let scheduler = self.scheduler;
+        let request = self.request;
+        if !self.models.allows(at) {
+            return false;
+        }
+        self.served += 1;
+        if !self.snapshot.is_ready(at) {
+            match self.snapshot.endpoints()[at].health {
+                Health::Draining => self.draining += 1,
+                _ => self.unhealthy += 1,
+            }
+            return false;
+        }
+        let live = &*self.snapshot.lives()[at];
+        // Health events are rare: decode the GPU word only when one is flagged.
+        if self.gpu_filtering
+            && live.hot().gpu_has_event()
+            && let Some(gpu) = live.gpu()
+        {
+            for filter in &scheduler.profile.filters {
+                if let FilterKind::GpuHealth(params) = &filter.kind
+                    && gpu_fault(&gpu, params).is_some()
+                {
+                    self.filtered_by = Some(&filter.name);
+                    return false;
+                }
+            }
+        }
+        let mut candidate = scoring::read_live(
+            position,
+            live,
+            self.now,
+            scheduler.profile.saturation.metrics_staleness,
+            scheduler.gpu_staleness,
+            scheduler.needs,
+        );
+        candidate.prefix_blocks = hit_at(self.prefix_hits, position);
+        if let Some(tree) = &scheduler.tree {
+            candidate.tree_blocks = hit_at(self.tree_hits, position);
+            candidate.tree_size =
+                u32::try_from(tree.blocks_of(&self.snapshot.endpoints()[at].addr()))
+                    .unwrap_or(u32::MAX);
+        }
+        if self.session_position == Some(position) {
+            candidate.flags |= Candidate::SESSION;
+        }
+        if self.lora_needed {
+            let load = live.last_load();
+            candidate.lora =
+                scoring::lora(request, load.as_ref().and_then(|load| load.lora.as_ref()));
+        }
+        if let Some(source) = &scheduler.exact {
+            self.exact
+                .push(source.exact(self.snapshot.endpoints()[at].addr(), request));
+        }
+        candidate.partial = scheduler.partial_score(&candidate, request);
+        if let Some(params) = &scheduler.ttft
+            && let Some(cost) = scoring::ttft_cost_fresh(
+                &candidate,
+                scoring::prefix_fraction(candidate.prefix_blocks, request.prefix.len()),
+                params,
+            )
+        {
+            candidate.ttft_cost = cost as f32;
+        }
+        self.stats.observe(&candidate);
+        self.candidates.push(candidate);
+        true
     }
 }

@@ -11,45 +11,67 @@ use super::{
     plugins::{CacheAwareParams, CostParams, GpuScorerParams, InflightMode},
     request::SchedulingRequest,
 };
-use crate::{
-    clock::Micros,
-    cluster::{GpuSignals, LiveEndpoint, LoadFeatures},
-    telemetry::LoraState,
-};
+use crate::{clock::Micros, cluster::LiveEndpoint, telemetry::LoraState};
 
-/// What a pick knows about one eligible endpoint.
+/// What a pick knows about one eligible endpoint, compact (the pick loop writes one per
+/// endpoint and reads it back twice, so its size is most of the loop's memory traffic).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Candidate {
     pub position: u32,
-    /// Fresh load sample; `None` = unknown (never sampled, or stale).
-    pub load: Option<LoadFeatures>,
+    pub flags: u8,
     pub inflight: u32,
-    pub inflight_tokens: u64,
-    /// Fresh GPU signals.
-    pub gpu: Option<GpuSignals>,
-    pub connections: Option<u32>,
+    /// Fresh load sample (valid with `FRESH`): waiting, running, KV usage, and the estimated
+    /// queue = waiting + requests this router sent since the sample (≥ 0).
+    pub waiting: f32,
+    pub running: f32,
+    pub kv: f32,
+    pub queue: f32,
+    pub inflight_tokens: f32,
+    /// Fresh GPU signals (valid with `GPU`).
+    pub gpu_headroom: f32,
+    pub gpu_util: f32,
+    /// Live connections (valid with `CONNECTIONS`).
+    pub connections: f32,
     /// Leading prompt blocks this endpoint holds (shared prefix index).
     pub prefix_blocks: u32,
     /// Leading prompt blocks in the cache-aware policy's own tree, and that tree's size.
     pub tree_blocks: u32,
     pub tree_size: u32,
-    pub session: bool,
     pub lora: f32,
-    pub exact: Option<ExactState>,
-    /// Model-cost estimates filled between the statistics and the scoring pass.
-    pub ttft_cost: f64,
-    pub oracle_cost: f64,
+    /// Σ weight × value of the scorers that need no pool statistics (filled in the first pass).
+    pub partial: f32,
+    /// TTFT cost: filled in the first pass for fresh endpoints (NaN until then), after the
+    /// statistics for unknown ones.
+    pub ttft_cost: f32,
+    pub oracle_cost: f32,
 }
 
 impl Candidate {
-    /// Requests the router sent since the load sample arrived, minus those that finished.
+    pub const FRESH: u8 = 1;
+    pub const GPU: u8 = 2;
+    pub const THROTTLED: u8 = 4;
+    pub const CONNECTIONS: u8 = 8;
+    pub const SESSION: u8 = 16;
+
     #[inline]
-    pub fn inflight_since_sample(&self, load: &LoadFeatures) -> i64 {
-        i64::from(self.inflight) - i64::from(load.inflight_at_sample)
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    #[inline]
+    pub fn fresh(&self) -> bool {
+        self.has(Self::FRESH)
     }
 }
 
-/// Reads the live signals of an endpoint once.
+/// Optional signals a profile reads (the others are always read: they share a cache line).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Needs {
+    pub inflight_tokens: bool,
+    pub connections: bool,
+}
+
+/// Reads the live signals of an endpoint once, from its hot cache line.
 #[inline]
 pub(crate) fn read_live(
     position: u32,
@@ -57,20 +79,43 @@ pub(crate) fn read_live(
     now: Micros,
     staleness: Micros,
     gpu_staleness: Micros,
+    needs: Needs,
 ) -> Candidate {
-    let load = live.load().filter(|load| load.age(now) <= staleness);
-    let gpu = live
-        .gpu()
-        .filter(|gpu| now.saturating_sub(gpu.sampled_at) <= gpu_staleness);
-    Candidate {
+    let hot = live.hot();
+    let mut candidate = Candidate {
         position,
-        load,
-        inflight: live.inflight_requests(),
-        inflight_tokens: live.inflight_tokens(),
-        gpu,
-        connections: live.connections().map(|(count, _)| count),
+        inflight: hot.inflight,
+        lora: 1.0,
+        ttft_cost: f32::NAN,
         ..Candidate::default()
+    };
+    if hot.load_fresh(now, staleness) {
+        candidate.flags |= Candidate::FRESH;
+        let waiting = hot.waiting();
+        candidate.waiting = waiting as f32;
+        candidate.running = hot.running() as f32;
+        candidate.kv = hot.kv_usage();
+        let since = i64::from(hot.inflight) - i64::from(hot.inflight_at_sample);
+        candidate.queue = (i64::from(waiting) + since).max(0) as f32;
     }
+    if hot.gpu_fresh(now, gpu_staleness) {
+        candidate.flags |= Candidate::GPU;
+        if hot.gpu_throttled() {
+            candidate.flags |= Candidate::THROTTLED;
+        }
+        candidate.gpu_headroom = hot.gpu_headroom();
+        candidate.gpu_util = hot.gpu_utilization();
+    }
+    if needs.inflight_tokens {
+        candidate.inflight_tokens = live.inflight_tokens() as f32;
+    }
+    if needs.connections
+        && let Some((count, _)) = live.connections()
+    {
+        candidate.flags |= Candidate::CONNECTIONS;
+        candidate.connections = count as f32;
+    }
+    candidate
 }
 
 /// Min/max helper.
@@ -82,14 +127,16 @@ pub(crate) struct Range {
 
 impl Default for Range {
     fn default() -> Self {
-        Self {
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-        }
+        Self::EMPTY
     }
 }
 
 impl Range {
+    pub const EMPTY: Range = Range {
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+
     #[inline]
     pub fn add(&mut self, value: f64) {
         self.min = self.min.min(value);
@@ -112,60 +159,85 @@ impl Range {
 }
 
 /// Pool statistics over the eligible candidates, gathered in the first pass.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Stats {
     /// Waiting queue over fresh candidates (GIE's queue scorer normalises by it).
     pub waiting: Range,
-    /// Estimated queue (sample + in-flight since), running and KV usage over fresh candidates:
-    /// what an unknown endpoint is assumed to have.
+    /// Estimated queue, running and KV usage over fresh candidates: what an unknown endpoint is
+    /// assumed to have.
     pub fresh_queue: Range,
     pub fresh_running: Range,
     pub fresh_kv: Range,
     pub inflight: Range,
     pub inflight_tokens: Range,
     pub connections: Range,
-    pub prefix_blocks_max: u32,
     pub tree_blocks_max: u32,
     pub tree_size: Range,
     pub ttft_cost: Range,
     pub oracle_cost: Range,
 }
 
+impl Default for Stats {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
 impl Stats {
+    pub const EMPTY: Stats = Stats {
+        waiting: Range::EMPTY,
+        fresh_queue: Range::EMPTY,
+        fresh_running: Range::EMPTY,
+        fresh_kv: Range::EMPTY,
+        inflight: Range::EMPTY,
+        inflight_tokens: Range::EMPTY,
+        connections: Range::EMPTY,
+        tree_blocks_max: 0,
+        tree_size: Range::EMPTY,
+        ttft_cost: Range::EMPTY,
+        oracle_cost: Range::EMPTY,
+    };
+
     #[inline]
     pub fn observe(&mut self, candidate: &Candidate) {
-        if let Some(load) = &candidate.load {
-            self.waiting.add(f64::from(load.waiting));
-            let queue = (i64::from(load.waiting) + candidate.inflight_since_sample(load)).max(0);
-            self.fresh_queue.add(queue as f64);
-            self.fresh_running.add(f64::from(load.running));
-            self.fresh_kv.add(f64::from(load.kv_usage));
+        if candidate.fresh() {
+            self.waiting.add(f64::from(candidate.waiting));
+            self.fresh_queue.add(f64::from(candidate.queue));
+            self.fresh_running.add(f64::from(candidate.running));
+            self.fresh_kv.add(f64::from(candidate.kv));
         }
         self.inflight.add(f64::from(candidate.inflight));
-        self.inflight_tokens.add(candidate.inflight_tokens as f64);
-        if let Some(connections) = candidate.connections {
-            self.connections.add(f64::from(connections));
+        self.inflight_tokens
+            .add(f64::from(candidate.inflight_tokens));
+        if candidate.has(Candidate::CONNECTIONS) {
+            self.connections.add(f64::from(candidate.connections));
         }
-        self.prefix_blocks_max = self.prefix_blocks_max.max(candidate.prefix_blocks);
         self.tree_blocks_max = self.tree_blocks_max.max(candidate.tree_blocks);
         self.tree_size.add(f64::from(candidate.tree_size));
+        if !candidate.ttft_cost.is_nan() {
+            self.ttft_cost.add(f64::from(candidate.ttft_cost));
+        }
     }
 }
 
 /// GIE queue scorer: min-max of the waiting queue over fresh candidates; unknown scores 0.
 #[inline]
 pub(crate) fn queue(candidate: &Candidate, stats: &Stats) -> f64 {
-    candidate.load.map_or(0.0, |load| {
-        stats.waiting.lower_is_better(f64::from(load.waiting))
-    })
+    if candidate.fresh() {
+        stats.waiting.lower_is_better(f64::from(candidate.waiting))
+    } else {
+        0.0
+    }
 }
 
 /// GIE KV-cache utilisation scorer: 1 − usage; unknown scores 0.
 #[inline]
 pub(crate) fn kv_cache(candidate: &Candidate) -> f64 {
-    candidate
-        .load
-        .map_or(0.0, |load| 1.0 - f64::from(load.kv_usage))
+    if candidate.fresh() {
+        1.0 - f64::from(candidate.kv)
+    } else {
+        0.0
+    }
 }
 
 /// Fraction of the prompt's blocks the endpoint holds (GIE approximate prefix scorer).
@@ -208,80 +280,109 @@ pub(crate) fn inflight(candidate: &Candidate, stats: &Stats, mode: InflightMode)
             .lower_is_better(f64::from(candidate.inflight)),
         InflightMode::Tokens => stats
             .inflight_tokens
-            .lower_is_better(candidate.inflight_tokens as f64),
+            .lower_is_better(f64::from(candidate.inflight_tokens)),
     }
 }
 
 /// Live connections, min-max normalised; endpoints without a count score neutral.
 #[inline]
 pub(crate) fn connections(candidate: &Candidate, stats: &Stats) -> f64 {
-    candidate.connections.map_or(0.5, |count| {
-        stats.connections.lower_is_better(f64::from(count))
-    })
+    if candidate.has(Candidate::CONNECTIONS) {
+        stats
+            .connections
+            .lower_is_better(f64::from(candidate.connections))
+    } else {
+        0.5
+    }
 }
 
 /// GPU state: memory headroom, idle compute, not throttled; neutral 0.5 without fresh readings.
 #[inline]
 pub(crate) fn gpu(candidate: &Candidate, params: &GpuScorerParams) -> f64 {
-    let Some(gpu) = &candidate.gpu else {
+    if !candidate.has(Candidate::GPU) {
         return 0.5;
-    };
+    }
     let total = params.headroom_weight + params.utilization_weight + params.throttle_weight;
-    let value = params.headroom_weight * f64::from(gpu.memory_headroom)
-        + params.utilization_weight * (1.0 - f64::from(gpu.utilization_pct) / 100.0)
-        + params.throttle_weight * if gpu.throttled { 0.0 } else { 1.0 };
+    let throttled = candidate.has(Candidate::THROTTLED);
+    let value = params.headroom_weight * f64::from(candidate.gpu_headroom)
+        + params.utilization_weight * (1.0 - f64::from(candidate.gpu_util))
+        + params.throttle_weight * if throttled { 0.0 } else { 1.0 };
     (value / total).clamp(0.0, 1.0)
 }
 
 /// The TTFT cost model (docs/scheduling.md): the uncached share of this prompt's prefill, plus
 /// the queue it joins and the batch it shares, stretched on a throttled GPU, plus the KV
-/// pressure. In units of "one full prefill of this prompt".
-pub(crate) fn ttft_cost(
+/// pressure. In units of "one full prefill of this prompt". `None` for an endpoint without a
+/// fresh sample: see [`ttft_cost_unknown`].
+#[inline]
+pub(crate) fn ttft_cost_fresh(
+    candidate: &Candidate,
+    prefix_hit: f64,
+    params: &CostParams,
+) -> Option<f64> {
+    candidate.fresh().then(|| {
+        cost_model(
+            candidate,
+            prefix_hit,
+            f64::from(candidate.queue),
+            f64::from(candidate.running),
+            f64::from(candidate.kv),
+            params,
+        )
+    })
+}
+
+/// The cost of an endpoint without a fresh sample. Unknown is not idle: it is taken to be as
+/// loaded as the most loaded fresh endpoint, plus this router's requests in flight there, with
+/// KV at the soft limit when nothing is fresh either.
+pub(crate) fn ttft_cost_unknown(
     candidate: &Candidate,
     stats: &Stats,
     prefix_hit: f64,
     params: &CostParams,
 ) -> f64 {
-    let (queue, running, kv) = match &candidate.load {
-        Some(load) => (
-            (i64::from(load.waiting) + candidate.inflight_since_sample(load)).max(0) as f64,
-            f64::from(load.running),
-            f64::from(load.kv_usage),
-        ),
-        // Unknown is not idle: as loaded as the most loaded fresh endpoint, plus our own
-        // requests there; fully loaded KV when nothing is fresh either.
-        None => {
-            let worst = |range: &Range, fallback: f64| {
-                if range.is_empty() {
-                    fallback
-                } else {
-                    range.max
-                }
-            };
-            (
-                worst(&stats.fresh_queue, 0.0) + f64::from(candidate.inflight),
-                worst(&stats.fresh_running, 0.0),
-                worst(&stats.fresh_kv, params.kv_soft_limit),
-            )
+    let worst = |range: &Range, fallback: f64| {
+        if range.is_empty() {
+            fallback
+        } else {
+            range.max
         }
     };
-    let slowdown = match &candidate.gpu {
-        Some(gpu) if gpu.throttled => 1.0 + params.throttle_slowdown,
-        _ => 1.0,
+    cost_model(
+        candidate,
+        prefix_hit,
+        worst(&stats.fresh_queue, 0.0) + f64::from(candidate.inflight),
+        worst(&stats.fresh_running, 0.0),
+        worst(&stats.fresh_kv, params.kv_soft_limit),
+        params,
+    )
+}
+
+#[inline]
+fn cost_model(
+    candidate: &Candidate,
+    prefix_hit: f64,
+    queue: f64,
+    running: f64,
+    kv: f64,
+    params: &CostParams,
+) -> f64 {
+    let slowdown = if candidate.has(Candidate::THROTTLED) {
+        1.0 + params.throttle_slowdown
+    } else {
+        1.0
     };
     let kv_pressure = ((kv - params.kv_soft_limit) / (1.0 - params.kv_soft_limit)).clamp(0.0, 1.0);
     slowdown * ((1.0 - prefix_hit) + params.queue_cost * queue + params.running_cost * running)
         + params.kv_cost * kv_pressure
 }
 
-/// The same model on exact engine state (the oracle); an endpoint the source does not know
-/// costs as much as the worst known one, plus one.
+/// The same model on exact engine state (the oracle).
 pub(crate) fn oracle_cost(
-    candidate: &Candidate,
+    exact: &ExactState,
     request: &SchedulingRequest<'_>,
     params: &CostParams,
-) -> Option<f64> {
-    let exact = candidate.exact?;
+) -> f64 {
     let prompt = f64::from(request.input_tokens.max(1));
     let cached = f64::from(exact.cached_prefix_tokens).min(prompt);
     let needed = (prompt - cached) as u64 + u64::from(request.max_tokens.unwrap_or(0));
@@ -290,12 +391,10 @@ pub(crate) fn oracle_cost(
     } else {
         0.0
     };
-    Some(
-        (1.0 - cached / prompt)
-            + params.queue_cost * f64::from(exact.waiting)
-            + params.running_cost * f64::from(exact.running)
-            + params.kv_cost * kv_pressure,
-    )
+    (1.0 - cached / prompt)
+        + params.queue_cost * f64::from(exact.waiting)
+        + params.running_cost * f64::from(exact.running)
+        + params.kv_cost * kv_pressure
 }
 
 /// Lower cost is better: `(min + smoothing) / (cost + smoothing)`, 1 for the cheapest.

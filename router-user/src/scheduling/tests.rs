@@ -978,3 +978,104 @@ fn sync_members_forgets_departed_endpoints() {
     assert_eq!(index.blocks_of(&addr(2)), 0);
     assert_eq!(index.distinct_blocks(), 0);
 }
+
+// ---------- sampling ----------
+
+#[test]
+fn affinity_sample_keeps_affine_endpoints_and_bounds_the_rest() {
+    let yaml = "plugins:\n- type: affinity-sample-filter\n  parameters:\n    sampleSize: 4\n- type: prefix-cache-scorer\n- type: session-affinity-scorer\n- type: max-score-picker\nschedulingProfiles:\n- name: p\n  plugins:\n  - pluginRef: affinity-sample-filter\n  - pluginRef: prefix-cache-scorer\n    weight: 2\n  - pluginRef: session-affinity-scorer\n  - pluginRef: max-score-picker\n";
+    let scheduler = Scheduler::from_yaml(yaml, SchedulerOptions::seeded(5)).expect("valid");
+    let table = table(64);
+    let snapshot = table.snapshot();
+    let blocks: Vec<BlockHash> = (1..=8).collect();
+    scheduler.on_routed(
+        &SchedulingRequest {
+            prefix: &blocks,
+            ..SchedulingRequest::new("m")
+        },
+        addr(40),
+        NOW,
+    );
+    scheduler.on_routed(
+        &SchedulingRequest {
+            session: Some("s"),
+            ..SchedulingRequest::new("m")
+        },
+        addr(50),
+        NOW,
+    );
+    let request = SchedulingRequest {
+        prefix: &blocks,
+        session: Some("s"),
+        ..SchedulingRequest::new("m")
+    };
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let decision = scheduler.pick(&request, &snapshot, NOW).expect("picked");
+        assert_eq!(decision.candidates, 6, "2 affine + 4 sampled");
+        assert_eq!(decision.primary(), addr(40));
+        assert_eq!(decision.ranked[1].addr, addr(50));
+        seen.extend(decision.ranked.iter().skip(2).map(|r| r.addr));
+    }
+    assert!(
+        seen.len() > 20,
+        "the sample moves between requests: {}",
+        seen.len()
+    );
+    // Adapter requests look at everyone (no adapter index to find the loaded ones).
+    let adapter = SchedulingRequest {
+        lora: Some("x"),
+        ..SchedulingRequest::new("m")
+    };
+    assert_eq!(
+        scheduler
+            .pick(&adapter, &snapshot, NOW)
+            .expect("picked")
+            .candidates,
+        64
+    );
+    // A sheddable request is only shed after looking beyond the sample.
+    for i in 1..=64 {
+        set_load(&table, addr(i), 9, 0.9);
+    }
+    set_load(&table, addr(33), 0, 0.1);
+    let blocked: Vec<SocketAddr> = (1..=64).filter(|&i| i != 33).map(addr).collect();
+    let err = scheduler
+        .pick(
+            &SchedulingRequest {
+                priority: -1,
+                subset: Some(&blocked),
+                ..SchedulingRequest::new("m")
+            },
+            &snapshot,
+            NOW,
+        )
+        .expect_err("no capacity in the subset");
+    assert_eq!(err.http_status(), 429);
+    let sheddable = SchedulingRequest {
+        priority: -1,
+        ..SchedulingRequest::new("m")
+    };
+    for _ in 0..10 {
+        // Without the full-scan fallback most samples of 4 would miss the one endpoint with
+        // capacity and shed.
+        scheduler
+            .pick(&sheddable, &snapshot, NOW)
+            .expect("capacity exists beyond the sample");
+    }
+}
+
+#[test]
+fn walk_visits_every_position_once() {
+    for len in [1usize, 2, 7, 64, 100, 2_048] {
+        for draw in [0u64, 1, 0xdead_beef_cafe, u64::MAX] {
+            let (start, stride) = super::scheduler::walk(draw, len);
+            let mut seen = vec![false; len];
+            for step in 0..len {
+                let position = (start + step * stride) % len;
+                assert!(!seen[position], "len {len} draw {draw}: {position} twice");
+                seen[position] = true;
+            }
+        }
+    }
+}

@@ -193,6 +193,13 @@ impl HotRead {
         ((self.load >> 32) & 0xffff) as f32 * INV_Q16
     }
 
+    /// The engine's reported prefix-cache hit rate, when it reports one.
+    #[inline]
+    pub fn prefix_hit_rate(&self) -> Option<f32> {
+        let hit = (self.load >> 48) & 0xff;
+        (hit != HIT_UNKNOWN).then(|| hit as f32 * (1.0 / HIT_SCALE as f32))
+    }
+
     /// GPU readings exist and are at most `staleness` old at `now`.
     #[inline]
     pub fn gpu_fresh(&self, now: Micros, staleness: Micros) -> bool {

@@ -110,7 +110,8 @@ plugins:
 - type: ttft-scorer
   parameters:
     queueCost: 1.0
-    runningCost: 0.02
+    queueMissFloor: 0.1
+    runningCost: 0.001
     kvSoftLimit: 0.8
     kvCost: 4.0
     throttleSlowdown: 0.25

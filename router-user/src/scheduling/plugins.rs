@@ -94,8 +94,12 @@ impl PrefixParams {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct CostParams {
-    /// Cost of one request waiting ahead, in units of this request's full prefill.
+    /// Cost of one request waiting ahead, in units of this request's full prefill, before the
+    /// discount for the share of it the endpoint's cache serves.
     pub queue_cost: f64,
+    /// Least share of a queued request counted as uncached (its tail, its scheduling steps), so
+    /// a fully cached queue is never free.
+    pub queue_miss_floor: f64,
     /// Cost of one request in the running batch (it slows every step), same unit.
     pub running_cost: f64,
     /// KV-cache usage above which admission starts to wait for memory.
@@ -112,7 +116,8 @@ impl Default for CostParams {
     fn default() -> Self {
         Self {
             queue_cost: 1.0,
-            running_cost: 0.02,
+            queue_miss_floor: 0.1,
+            running_cost: 0.001,
             kv_soft_limit: 0.8,
             kv_cost: 4.0,
             throttle_slowdown: 0.25,
@@ -124,6 +129,7 @@ impl Default for CostParams {
 impl CostParams {
     fn validate(&self) -> Result<(), ParamError> {
         check_non_negative("queueCost", self.queue_cost)?;
+        check_fraction("queueMissFloor", self.queue_miss_floor)?;
         check_non_negative("runningCost", self.running_cost)?;
         check_fraction("kvSoftLimit", self.kv_soft_limit)?;
         if self.kv_soft_limit >= 1.0 {

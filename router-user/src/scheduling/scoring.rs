@@ -38,6 +38,8 @@ pub(crate) struct Candidate {
     pub tree_blocks: u32,
     pub tree_size: u32,
     pub lora: f32,
+    /// The engine's own recent prefix-cache hit rate (NaN when it does not report one).
+    pub engine_hit: f32,
     /// Σ weight × value of the scorers that need no pool statistics (filled in the first pass).
     pub partial: f32,
     /// TTFT cost: filled in the first pass for fresh endpoints (NaN until then), after the
@@ -87,6 +89,7 @@ pub(crate) fn read_live(
         inflight: hot.inflight,
         lora: 1.0,
         ttft_cost: f32::NAN,
+        engine_hit: f32::NAN,
         ..Candidate::default()
     };
     if hot.load_fresh(now, staleness) {
@@ -95,6 +98,7 @@ pub(crate) fn read_live(
         candidate.waiting = waiting as f32;
         candidate.running = hot.running() as f32;
         candidate.kv = hot.kv_usage();
+        candidate.engine_hit = hot.prefix_hit_rate().unwrap_or(f32::NAN);
         let since = i64::from(hot.inflight) - i64::from(hot.inflight_at_sample);
         candidate.queue = (i64::from(waiting) + since).max(0) as f32;
     }
@@ -372,8 +376,45 @@ fn cost_model(
     } else {
         1.0
     };
-    let kv_pressure = ((kv - params.kv_soft_limit) / (1.0 - params.kv_soft_limit)).clamp(0.0, 1.0);
-    slowdown * ((1.0 - prefix_hit) + params.queue_cost * queue + params.running_cost * running)
+    // Requests queued there share that endpoint's cache as much as the engine says it hits
+    // (or, when it does not say, as much as this request would).
+    let queued_hit = if candidate.engine_hit.is_nan() {
+        prefix_hit
+    } else {
+        f64::from(candidate.engine_hit)
+    };
+    cost(
+        prefix_hit,
+        queued_hit,
+        queue,
+        running,
+        kv_pressure(kv, params),
+        slowdown,
+        params,
+    )
+}
+
+/// KV usage above the soft limit, scaled to 0..=1 at a full cache.
+#[inline]
+fn kv_pressure(kv: f64, params: &CostParams) -> f64 {
+    ((kv - params.kv_soft_limit) / (1.0 - params.kv_soft_limit)).clamp(0.0, 1.0)
+}
+
+/// The formula of docs/scheduling.md, in units of one full prefill of this prompt.
+#[inline]
+fn cost(
+    prefix_hit: f64,
+    queued_hit: f64,
+    queue: f64,
+    running: f64,
+    kv_pressure: f64,
+    slowdown: f64,
+    params: &CostParams,
+) -> f64 {
+    slowdown
+        * ((1.0 - prefix_hit)
+            + params.queue_cost * queue * (1.0 - queued_hit).max(params.queue_miss_floor)
+            + params.running_cost * running)
         + params.kv_cost * kv_pressure
 }
 
@@ -385,16 +426,23 @@ pub(crate) fn oracle_cost(
 ) -> f64 {
     let prompt = f64::from(request.input_tokens.max(1));
     let cached = f64::from(exact.cached_prefix_tokens).min(prompt);
+    let hit = cached / prompt;
     let needed = (prompt - cached) as u64 + u64::from(request.max_tokens.unwrap_or(0));
+    // It either fits in the free KV now or waits for memory.
     let kv_pressure = if needed > exact.kv_free_tokens {
         1.0
     } else {
         0.0
     };
-    (1.0 - cached / prompt)
-        + params.queue_cost * f64::from(exact.waiting)
-        + params.running_cost * f64::from(exact.running)
-        + params.kv_cost * kv_pressure
+    cost(
+        hit,
+        hit,
+        f64::from(exact.waiting),
+        f64::from(exact.running),
+        kv_pressure,
+        1.0,
+        params,
+    )
 }
 
 /// Lower cost is better: `(min + smoothing) / (cost + smoothing)`, 1 for the cheapest.

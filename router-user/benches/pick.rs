@@ -16,7 +16,7 @@ fn pick(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
     for profile in PROFILES {
         for endpoints in SIZES {
-            let fixture = PickFixture::new(profile, endpoints, 64, 256);
+            let fixture = PickFixture::new(profile, endpoints, 64, 256).expect("built-in profile");
             let mut n = 0usize;
             group.bench_with_input(BenchmarkId::new(profile, endpoints), &endpoints, |b, _| {
                 b.iter(|| {
@@ -35,7 +35,7 @@ fn pick(c: &mut Criterion) {
 }
 
 fn around_pick(c: &mut Criterion) {
-    let fixture = PickFixture::new("switchyard", 256, 64, 256);
+    let fixture = PickFixture::new("switchyard", 256, 64, 256).expect("built-in profile");
     let mut n = 0usize;
     c.bench_function("on_routed/switchyard/256", |b| {
         b.iter(|| {
@@ -92,7 +92,13 @@ fn main() {
     for profile in &profiles {
         for endpoints in SIZES {
             let picks = if endpoints >= 2_048 { 50_000 } else { 200_000 };
-            let r = run_pick_bench(profile, endpoints, picks);
+            let r = match run_pick_bench(profile, endpoints, picks) {
+                Ok(r) => r,
+                Err(err) => {
+                    eprintln!("{profile}: {err}");
+                    continue;
+                }
+            };
             println!(
                 "{:<12} {:>9} {:>9.0} {:>9} {:>9} {:>9} {:>9}",
                 r.profile, r.endpoints, r.mean_ns, r.p50_ns, r.p99_ns, r.p999_ns, r.max_ns

@@ -49,7 +49,7 @@ pub use decision::{Contribution, Decision, EXPLAINED, NoEndpoints, PickError, Ra
 pub use duration::{GoDuration, parse_go_duration};
 pub use exact::{ExactState, ExactStateSource};
 pub use filters::gpu_fault;
-pub use pick_bench::{BENCH_NOW, PickFixture, PickLatency, run_pick_bench};
+pub use pick_bench::{BENCH_NOW, PickBenchError, PickFixture, PickLatency, run_pick_bench};
 pub use plugins::{
     AffinitySampleParams, CacheAwareParams, CostParams, DEFAULT_FATAL_XIDS, DEFAULT_PICKS,
     GpuHealthParams, GpuScorerParams, InflightMode, InflightParams, PLUGIN_TYPES, PickerParams,

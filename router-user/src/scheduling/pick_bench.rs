@@ -11,7 +11,9 @@ use std::{net::SocketAddr, time::Instant};
 
 use hdrhistogram::Histogram;
 
-use super::{BlockHash, Scheduler, SchedulerOptions, SchedulingRequest, picker::mix64};
+use super::{
+    BlockHash, ConfigError, Scheduler, SchedulerOptions, SchedulingRequest, picker::mix64,
+};
 use crate::{
     clock::{MICROS_PER_MS, Micros},
     cluster::{EndpointMeta, EndpointTable, Inflight, Snapshot},
@@ -42,8 +44,15 @@ fn tokens(seed: u64, len: u32) -> impl Iterator<Item = u32> {
 }
 
 impl PickFixture {
-    /// `profile` is a built-in name; `groups` shared system prompts; `requests` distinct requests.
-    pub fn new(profile: &str, endpoints: usize, groups: usize, requests: usize) -> Self {
+    /// `profile` is a built-in name; `groups` shared system prompts; `requests` distinct requests
+    /// (each count raised to at least 1).
+    pub fn new(
+        profile: &str,
+        endpoints: usize,
+        groups: usize,
+        requests: usize,
+    ) -> Result<Self, PickBenchError> {
+        let (endpoints, groups, requests) = (endpoints.max(1), groups.max(1), requests.max(1));
         let table = EndpointTable::new();
         table.set_members((0..endpoints).map(|i| EndpointMeta::new(endpoint_addr(i))));
         let mut inflight = Vec::new();
@@ -76,8 +85,7 @@ impl PickFixture {
                 inflight.extend(table.begin(&addr, 8_000));
             }
         }
-        let scheduler = Scheduler::builtin_with(profile, SchedulerOptions::seeded(1))
-            .unwrap_or_else(|err| panic!("bench profile `{profile}`: {err}"));
+        let scheduler = Scheduler::builtin_with(profile, SchedulerOptions::seeded(1))?;
         let snapshot = table.snapshot();
         let model = "bench-model";
         let preamble: Vec<u32> = tokens(u64::MAX, PREAMBLE_TOKENS).collect();
@@ -109,19 +117,19 @@ impl PickFixture {
         }
         let requests = (0..requests)
             .map(|n| {
-                let mut prompt = prompts[n % groups.max(1)].clone();
+                let mut prompt = prompts[n % groups].clone();
                 prompt.extend(tokens(1_000_000 + n as u64, QUESTION_TOKENS));
                 let input = prompt.len() as u32;
                 (scheduler.hash_tokens(model, &prompt), input)
             })
             .collect();
-        Self {
+        Ok(Self {
             table,
             scheduler,
             snapshot,
             requests,
             _inflight: inflight,
-        }
+        })
     }
 
     /// The `n`-th request (cycling).
@@ -149,11 +157,24 @@ pub struct PickLatency {
     pub max_ns: u64,
 }
 
+/// Why a pick benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PickBenchError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("latency histogram: {0}")]
+    Histogram(String),
+}
+
 /// Times `picks` picks (after `picks / 10` warm-up picks) on one thread.
-pub fn run_pick_bench(profile: &str, endpoints: usize, picks: u64) -> PickLatency {
-    let fixture = PickFixture::new(profile, endpoints, 64, 256);
-    let mut histogram =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds");
+pub fn run_pick_bench(
+    profile: &str,
+    endpoints: usize,
+    picks: u64,
+) -> Result<PickLatency, PickBenchError> {
+    let fixture = PickFixture::new(profile, endpoints, 64, 256)?;
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|err| PickBenchError::Histogram(err.to_string()))?;
     let warmup = picks / 10;
     let mut sink = 0usize;
     for n in 0..(warmup + picks) {
@@ -169,7 +190,7 @@ pub fn run_pick_bench(profile: &str, endpoints: usize, picks: u64) -> PickLatenc
         }
     }
     std::hint::black_box(sink);
-    PickLatency {
+    Ok(PickLatency {
         profile: profile.to_owned(),
         endpoints,
         picks,
@@ -178,7 +199,7 @@ pub fn run_pick_bench(profile: &str, endpoints: usize, picks: u64) -> PickLatenc
         p99_ns: histogram.value_at_quantile(0.99),
         p999_ns: histogram.value_at_quantile(0.999),
         max_ns: histogram.max(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -187,7 +208,7 @@ mod tests {
 
     #[test]
     fn fixture_requests_hit_their_groups() {
-        let fixture = PickFixture::new("switchyard", 32, 4, 8);
+        let fixture = PickFixture::new("switchyard", 32, 4, 8).expect("built-in");
         let decision = fixture
             .scheduler
             .pick(&fixture.request(0), &fixture.snapshot, BENCH_NOW)
@@ -197,8 +218,13 @@ mod tests {
             "{}",
             decision.explain()
         );
-        let latency = run_pick_bench("switchyard", 16, 50);
+        let latency = run_pick_bench("switchyard", 16, 50).expect("built-in");
         assert_eq!(latency.picks, 50);
         assert!(latency.p50_ns <= latency.p99_ns && latency.p99_ns <= latency.max_ns);
+        assert!(matches!(
+            run_pick_bench("fastest", 16, 10),
+            Err(PickBenchError::Config(ConfigError::UnknownBuiltin { .. }))
+        ));
+        assert!(PickFixture::new("random", 0, 0, 0).is_ok());
     }
 }

@@ -15,7 +15,10 @@ use super::{
     exact::{ExactState, ExactStateSource},
     filters::{gpu_fault, has_capacity, saturation_filter},
     picker::{Ranked, TopK, mix64},
-    plugins::{CostParams, FilterKind, InflightMode, PickerKind, PrefixParams, ScorerKind},
+    plugins::{
+        CacheAwareParams, CostParams, FilterKind, InflightMode, PickerKind, PrefixParams,
+        ScorerKind, SessionParams,
+    },
     prefix_hash::{PrefixHasher, hash_token_blocks},
     prefix_index::{PrefixIndex, PrefixMatch},
     request::{BlockHash, SchedulingRequest},
@@ -158,30 +161,23 @@ impl Scheduler {
                     profile.prefix.max_endpoints_per_block,
                 )),
             });
-        let tree = kinds().find_map(|kind| match kind {
-            ScorerKind::CacheAware(params) => Some(
-                previous
-                    .filter(|old| old.cache_aware_params() == Some(params))
-                    .and_then(|old| old.tree.clone())
-                    .unwrap_or_else(|| {
-                        Arc::new(PrefixIndex::new(
-                            params.max_tree_size,
-                            profile.prefix.max_endpoints_per_block,
-                        ))
-                    }),
-            ),
-            _ => None,
+        // Learned state carries over a reload when the new profile uses it the same way.
+        let tree = cache_aware_params(&profile).map(|params| {
+            previous
+                .filter(|old| cache_aware_params(&old.profile) == Some(params))
+                .and_then(|old| old.tree.clone())
+                .unwrap_or_else(|| {
+                    Arc::new(PrefixIndex::new(
+                        params.max_tree_size,
+                        profile.prefix.max_endpoints_per_block,
+                    ))
+                })
         });
-        let sessions = kinds().find_map(|kind| match kind {
-            ScorerKind::Session(params) => Some(
-                previous
-                    .filter(|old| old.session_params() == Some(params))
-                    .and_then(|old| old.sessions.clone())
-                    .unwrap_or_else(|| {
-                        Arc::new(SessionTable::new(params.max_sessions, params.ttl.0))
-                    }),
-            ),
-            _ => None,
+        let sessions = session_params(&profile).map(|params| {
+            previous
+                .filter(|old| session_params(&old.profile) == Some(params))
+                .and_then(|old| old.sessions.clone())
+                .unwrap_or_else(|| Arc::new(SessionTable::new(params.max_sessions, params.ttl.0)))
         });
         let gpu_staleness = kinds()
             .find_map(|kind| match kind {
@@ -225,26 +221,6 @@ impl Scheduler {
             cursor: AtomicU64::new(0),
             gpu_staleness,
         })
-    }
-
-    fn cache_aware_params(&self) -> Option<&super::plugins::CacheAwareParams> {
-        self.profile
-            .scorers
-            .iter()
-            .find_map(|scorer| match &scorer.kind {
-                ScorerKind::CacheAware(params) => Some(params),
-                _ => None,
-            })
-    }
-
-    fn session_params(&self) -> Option<&super::plugins::SessionParams> {
-        self.profile
-            .scorers
-            .iter()
-            .find_map(|scorer| match &scorer.kind {
-                ScorerKind::Session(params) => Some(params),
-                _ => None,
-            })
     }
 
     pub fn profile(&self) -> &CompiledProfile {
@@ -854,6 +830,26 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
         (a, b) = (b, a % b);
     }
     a
+}
+
+fn cache_aware_params(profile: &CompiledProfile) -> Option<&CacheAwareParams> {
+    profile
+        .scorers
+        .iter()
+        .find_map(|scorer| match &scorer.kind {
+            ScorerKind::CacheAware(params) => Some(params),
+            _ => None,
+        })
+}
+
+fn session_params(profile: &CompiledProfile) -> Option<&SessionParams> {
+    profile
+        .scorers
+        .iter()
+        .find_map(|scorer| match &scorer.kind {
+            ScorerKind::Session(params) => Some(params),
+            _ => None,
+        })
 }
 
 /// The scored candidates of one pick, for building its decision.

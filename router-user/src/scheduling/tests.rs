@@ -1097,3 +1097,57 @@ fn walk_visits_every_position_once() {
         }
     }
 }
+
+// ---------- concurrency ----------
+
+#[test]
+fn concurrent_picks_and_routes_settle_their_accounting() {
+    let table = Arc::new(table(16));
+    for i in 1..=16 {
+        set_load(&table, addr(i), u32::from(i % 4), 0.3);
+    }
+    let scheduler = Arc::new(scheduler("switchyard"));
+    let workers: Vec<_> = (0..4u32)
+        .map(|worker| {
+            let (table, scheduler) = (table.clone(), scheduler.clone());
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for n in 0..500u32 {
+                    let tokens: Vec<u32> = (0..640).map(|t| t + (n % 8) * 1_000).collect();
+                    let blocks = scheduler.hash_tokens("m", &tokens);
+                    let request = SchedulingRequest {
+                        prefix: &blocks,
+                        input_tokens: 640,
+                        session: Some(if worker % 2 == 0 { "even" } else { "odd" }),
+                        ..SchedulingRequest::new("m")
+                    };
+                    let snapshot = table.snapshot();
+                    let decision = scheduler.pick(&request, &snapshot, NOW).expect("picked");
+                    held.push(
+                        scheduler
+                            .route(&decision, &request, &snapshot)
+                            .expect("member"),
+                    );
+                    if held.len() > 8 {
+                        drop(held.remove(0));
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("no panic");
+    }
+    let snapshot = table.snapshot();
+    let routed: u64 = snapshot
+        .endpoints()
+        .iter()
+        .map(|e| {
+            assert_eq!(e.live().inflight_requests(), 0);
+            e.live().totals().routed
+        })
+        .sum();
+    assert_eq!(routed, 2_000);
+    let index = scheduler.prefix_index().expect("switchyard keeps an index");
+    assert!(index.distinct_blocks() >= 8 * 10);
+}

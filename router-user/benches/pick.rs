@@ -77,7 +77,8 @@ fn main() {
             .configure_from_args()
             .final_summary();
     }
-    if std::env::args().any(|arg| arg == "--test" || arg == "--list") {
+    // Only under `cargo bench` (which passes --bench), not `cargo test --benches`.
+    if !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
     let profiles: Vec<String> = std::env::var("PICK_PROFILES").map_or_else(

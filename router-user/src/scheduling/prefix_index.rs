@@ -93,6 +93,10 @@ impl Holders {
         }
     }
 
+    fn contains(&self, id: EndpointId) -> bool {
+        self.0.binary_search_by_key(&id, |holder| holder.id).is_ok()
+    }
+
     fn remove(&mut self, id: EndpointId) {
         if let Ok(at) = self.0.binary_search_by_key(&id, |holder| holder.id) {
             self.0.remove(at);
@@ -204,10 +208,14 @@ impl PrefixIndex {
         let (id, endpoint) = self.endpoint(addr);
         let stamp = self.stamp.fetch_add(1, Ordering::Relaxed);
         let mut evicted = Vec::new();
+        // Blocks the endpoint already had: usually most of them (a group's system prompt).
+        let mut known = vec![false; blocks.len()];
         {
             let mut lru = endpoint.lru.lock();
-            for &hash in blocks {
-                if let Some((old, ())) = lru.push(hash, ())
+            for (&hash, known) in blocks.iter().zip(known.iter_mut()) {
+                if lru.get(&hash).is_some() {
+                    *known = true;
+                } else if let Some((old, ())) = lru.push(hash, ())
                     && old != hash
                 {
                     evicted.push(old);
@@ -215,7 +223,16 @@ impl PrefixIndex {
             }
             endpoint.len.store(lru.len(), Ordering::Relaxed);
         }
-        for &hash in blocks {
+        for (&hash, known) in blocks.iter().zip(known) {
+            // A holder's stamp only matters once its block has a full holder set: a known block
+            // below the cap needs no write.
+            if known
+                && self.shard(hash).read().get(&hash).is_some_and(|holders| {
+                    holders.0.len() < self.max_endpoints_per_block && holders.contains(id)
+                })
+            {
+                continue;
+            }
             let displaced = self.shard(hash).write().entry(hash).or_default().touch(
                 id,
                 stamp,

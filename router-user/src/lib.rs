@@ -9,14 +9,18 @@
 //! - [`clock`]: real and virtual time (the cluster simulation drives the same code).
 //! - [`openai`]: OpenAI-compatible request/response/error types and the routing view.
 //! - [`sim`]: a simulated vLLM / SGLang model server (in-process engine and HTTP server).
+//! - [`cluster`]: the shared endpoint table (membership, loads, GPU signals, in-flight counts).
+//! - [`scheduling`]: filters, scorers and pickers that choose the endpoint for each request.
 //! - [`cli`]: the `switchyard` command line.
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod dataplane;
 pub mod demo;
 pub mod k8s;
 pub mod logging;
 pub mod openai;
+pub mod scheduling;
 pub mod sim;
 pub mod telemetry;

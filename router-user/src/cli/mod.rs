@@ -33,6 +33,8 @@ pub enum Command {
     Telemetry(crate::telemetry::cli::TelemetryArgs),
     /// Simulated vLLM / SGLang model server (OpenAI API, /metrics, GPU view, fault injection).
     Sim(crate::sim::cli::SimArgs),
+    /// Endpoint picker for Envoy (ext-proc, Gateway API Inference Extension protocol).
+    Epp(Box<crate::extproc::cli::EppArgs>),
 }
 
 /// Parses arguments, runs the subcommand on a tokio runtime, and maps errors to exit codes.
@@ -66,5 +68,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Telemetry(args) => crate::telemetry::cli::run(args).await,
         Command::Sim(args) => crate::sim::cli::run(args).await,
+        Command::Epp(args) => crate::extproc::cli::run(*args).await,
     }
 }

@@ -67,9 +67,18 @@ pub struct Epp {
 
 impl Epp {
     pub async fn start(args: ServingArgs, config: EppServerConfig) -> Self {
+        Self::start_with(args, config, None).await
+    }
+
+    /// With a Kubernetes client (a fake API server) for `--pool-name`.
+    pub async fn start_with(
+        args: ServingArgs,
+        config: EppServerConfig,
+        client: Option<kube::Client>,
+    ) -> Self {
         let (covered_tx, covered_rx) = watch::channel(HashSet::new());
         let serving = Arc::new(
-            Serving::start(&args, EjectionPolicy::default(), covered_rx)
+            Serving::start_with_client(&args, EjectionPolicy::default(), covered_rx, client)
                 .await
                 .expect("serving starts"),
         );
@@ -96,6 +105,23 @@ impl Epp {
             shutdown,
             task,
         }
+    }
+
+    /// grpc.health.v1 status of `service` on `addr` (plaintext).
+    pub async fn health_status(addr: SocketAddr, service: &str) -> Result<i32, tonic::Code> {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|_| tonic::Code::Unavailable)?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .map(|response| response.into_inner().status)
+            .map_err(|status| status.code())
     }
 
     pub async fn client(&self) -> ExternalProcessorClient<Channel> {

@@ -57,27 +57,45 @@ impl SchedulerArgs {
         }
     }
 
-    /// Builds the scheduler; returns it with the seed used.
-    pub fn build(&self) -> Result<(SchedulerHandle, u64), SchedulerConfigError> {
+    /// Builds the scheduler.
+    pub fn build(&self) -> Result<BuiltScheduler, SchedulerConfigError> {
         let seed = self.seed.unwrap_or_else(rand::random);
         let options = self.options(seed);
-        let scheduler = match &self.config {
+        let (scheduler, config_text) = match &self.config {
             Some(path) => {
                 let text = read(path)?;
-                Scheduler::from_yaml(&text, options).map_err(|source| {
+                let scheduler = Scheduler::from_yaml(&text, options).map_err(|source| {
                     SchedulerConfigError::Invalid {
                         path: path.clone(),
                         source,
                     }
-                })?
+                })?;
+                (scheduler, Some(text))
             }
-            None => Scheduler::builtin_with(
-                self.profile.as_deref().unwrap_or(DEFAULT_PROFILE),
-                options,
-            )?,
+            None => (
+                Scheduler::builtin_with(
+                    self.profile.as_deref().unwrap_or(DEFAULT_PROFILE),
+                    options,
+                )?,
+                None,
+            ),
         };
-        Ok((SchedulerHandle::new(scheduler), seed))
+        Ok(BuiltScheduler {
+            handle: SchedulerHandle::new(scheduler),
+            seed,
+            config_text,
+        })
     }
+}
+
+/// A scheduler built from the flags.
+#[derive(Debug)]
+pub struct BuiltScheduler {
+    pub handle: SchedulerHandle,
+    /// The tie-break seed used.
+    pub seed: u64,
+    /// The config file's content it was built from (the reload compares against it).
+    pub config_text: Option<String>,
 }
 
 fn read(path: &Path) -> Result<String, SchedulerConfigError> {
@@ -87,17 +105,18 @@ fn read(path: &Path) -> Result<String, SchedulerConfigError> {
     })
 }
 
-/// Watches `path` and reloads `handle` when its content changes. Content is compared, not
-/// modification times: Kubernetes swaps ConfigMap files through a symlink whose target's mtime
-/// says little.
+/// Watches `path` and reloads `handle` when its content differs from `loaded` (what the
+/// running scheduler was built from). Content is compared, not modification times: Kubernetes
+/// swaps ConfigMap files through a symlink whose target's mtime says little.
 pub fn spawn_reload(
     path: PathBuf,
+    loaded: Option<String>,
     handle: Arc<SchedulerHandle>,
     options: SchedulerOptions,
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last = tokio::fs::read_to_string(&path).await.ok();
+        let mut last = loaded;
         let mut ticker = tokio::time::interval(RELOAD_POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -156,10 +175,11 @@ schedulingProfiles:
             seed: Some(3),
             ..SchedulerArgs::default()
         };
-        let (handle, seed) = args.build().unwrap();
-        assert_eq!((handle.current().name(), seed), ("default", 3));
-        let (handle, _) = SchedulerArgs::default().build().unwrap();
-        assert_eq!(handle.current().name(), DEFAULT_PROFILE);
+        let built = args.build().unwrap();
+        assert_eq!((built.handle.current().name(), built.seed), ("default", 3));
+        assert_eq!(built.config_text.as_deref(), Some(VALID));
+        let built = SchedulerArgs::default().build().unwrap();
+        assert_eq!(built.handle.current().name(), DEFAULT_PROFILE);
         std::fs::write(&path, "plugins: [").unwrap();
         let err = args.build().unwrap_err().to_string();
         assert!(err.contains("config.yaml"), "{err}");

@@ -151,11 +151,23 @@ impl Serving {
         ejection: EjectionPolicy,
         covered: watch::Receiver<HashSet<SocketAddr>>,
     ) -> Result<Self, ServingError> {
+        Self::start_with_client(args, ejection, covered, None).await
+    }
+
+    /// [`start`](Self::start) with a given Kubernetes client for `--pool-name` (tests use a
+    /// fake API server).
+    pub async fn start_with_client(
+        args: &ServingArgs,
+        ejection: EjectionPolicy,
+        covered: watch::Receiver<HashSet<SocketAddr>>,
+        client: Option<kube::Client>,
+    ) -> Result<Self, ServingError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let source = args.sources.source()?;
         let pool = args.sources.pool_label();
-        let (handle, seed) = args.scheduler.build()?;
-        let scheduler = Arc::new(handle);
+        let built = args.scheduler.build()?;
+        let seed = built.seed;
+        let scheduler = Arc::new(built.handle);
         let table = Arc::new(EndpointTable::new());
         let metrics = Arc::new(Metrics::new(&pool));
         let objectives = Arc::new(Objectives::parse(&args.policy.objectives)?);
@@ -183,7 +195,8 @@ impl Serving {
             max_body_bytes: args.policy.max_body_bytes,
         }));
         tracing::info!(profile = %scheduler.current().name(), seed, pool = %pool, "scheduler ready");
-        let source = sources::start_source(source, &pool, availability.clone(), objectives).await?;
+        let source =
+            sources::start_source(source, &pool, availability.clone(), objectives, client).await?;
         let scrape = if args.scrape.scrape {
             Some(ScrapeFeed::spawn(
                 &args.scrape,
@@ -198,6 +211,7 @@ impl Serving {
         if let Some(path) = &args.scheduler.config {
             background.push(config::spawn_reload(
                 path.clone(),
+                built.config_text,
                 scheduler,
                 args.scheduler.options(seed),
                 metrics,

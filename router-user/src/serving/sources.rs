@@ -142,12 +142,14 @@ impl Drop for SourceHandle {
     }
 }
 
-/// Starts feeding `availability` (and `objectives`, for Kubernetes) from `source`.
+/// Starts feeding `availability` (and `objectives`, for Kubernetes) from `source`. A pool
+/// source uses `client`, or the in-cluster / kubeconfig client when `None`.
 pub async fn start_source(
     source: EndpointSource,
     pool: &str,
     availability: Arc<Availability>,
     objectives: Arc<Objectives>,
+    client: Option<kube::Client>,
 ) -> Result<SourceHandle, SourceError> {
     let (synced_tx, synced) = watch::channel(false);
     let task = match source {
@@ -184,12 +186,15 @@ pub async fn start_source(
         }
         EndpointSource::Pool { name, namespace } => {
             let client =
-                kube::Client::try_default()
-                    .await
-                    .map_err(|err| SourceError::Kubernetes {
-                        pool: name.clone(),
-                        reason: err.to_string(),
-                    })?;
+                match client {
+                    Some(client) => client,
+                    None => kube::Client::try_default().await.map_err(|err| {
+                        SourceError::Kubernetes {
+                            pool: name.clone(),
+                            reason: err.to_string(),
+                        }
+                    })?,
+                };
             let (states, watcher) =
                 run_pool_watcher(client, PoolWatchConfig::new(&name, &namespace));
             Some(tokio::spawn(follow_pool(

@@ -25,6 +25,7 @@ pub mod extproc;
 pub mod k8s;
 pub mod logging;
 pub mod openai;
+pub mod proxy;
 pub mod scheduling;
 pub mod serving;
 pub mod sim;

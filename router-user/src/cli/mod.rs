@@ -35,6 +35,8 @@ pub enum Command {
     Sim(crate::sim::cli::SimArgs),
     /// Endpoint picker for Envoy (ext-proc, Gateway API Inference Extension protocol).
     Epp(Box<crate::extproc::cli::EppArgs>),
+    /// OpenAI-compatible proxy running the same scheduler in-process (no Envoy needed).
+    Proxy(Box<crate::proxy::cli::ProxyArgs>),
 }
 
 /// Parses arguments, runs the subcommand on a tokio runtime, and maps errors to exit codes.
@@ -69,5 +71,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Telemetry(args) => crate::telemetry::cli::run(args).await,
         Command::Sim(args) => crate::sim::cli::run(args).await,
         Command::Epp(args) => crate::extproc::cli::run(*args).await,
+        Command::Proxy(args) => crate::proxy::cli::run(*args).await,
     }
 }

@@ -482,14 +482,7 @@ async fn streamed_response_with_usage_settles_inflight() {
         0,
         "settled at the end of the response"
     );
-    let totals = epp
-        .serving
-        .table()
-        .snapshot()
-        .get(&chosen)
-        .unwrap()
-        .live()
-        .totals();
+    let totals = totals(&epp.serving, chosen);
     assert_eq!(
         (
             totals.completed,

@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Full};
 use k8s_support::{FakeApiServer, Resource, wait_until};
 use serde_json::json;
 use switchyard::cluster::Health;
-use switchyard::sim::{RunningServer, ServerConfig, SimServer};
 
 const NS: &str = "llm";
 
@@ -93,19 +92,6 @@ async fn pool_pods_and_objectives_drive_routing() {
         .await
         .unwrap_err();
     assert_eq!(rejected.status.unwrap().code, 503);
-}
-
-async fn sim() -> RunningServer {
-    let config = ServerConfig {
-        speed: 50.0,
-        model: "m".to_owned(),
-        ..ServerConfig::default()
-    };
-    SimServer::bind(config, "127.0.0.1:0")
-        .await
-        .expect("bind")
-        .spawn()
-        .expect("spawn")
 }
 
 fn scraping_args(endpoints: &[SocketAddr]) -> switchyard::serving::ServingArgs {

@@ -247,11 +247,3 @@ async fn config_file_is_reloaded_and_bad_versions_are_refused() {
     let mut client = epp.client().await;
     assert_eq!(route_once(&mut client).await.destination, "10.0.0.1:8001");
 }
-
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + STEP;
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}

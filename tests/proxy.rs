@@ -1,6 +1,9 @@
 //! `switchyard proxy` end to end on 127.0.0.1: byte-exact pass-through against a fixture
 //! upstream, simulated model servers for usage and prefix affinity, retry on a dead endpoint,
 //! the error shapes, passive ejection rules, and client disconnects.
+mod extproc_support;
+use extproc_support::{STEP, sim, totals, wait_until};
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,11 +26,8 @@ use switchyard::clock::{Clock, SystemClock};
 use switchyard::cluster::Health;
 use switchyard::proxy::{ProxyConfig, ProxyServer};
 use switchyard::serving::{EjectionPolicy, Serving, ServingArgs};
-use switchyard::sim::{RunningServer, ServerConfig, SimServer};
 use switchyard::telemetry::EndpointLoad;
 use tokio_util::sync::CancellationToken;
-
-const STEP: Duration = Duration::from_secs(20);
 
 const SSE_CHUNKS: &[&str] = &[
     "data: {\"id\":\"fixed\",\"choices\":[{\"index\":0,\"text\":\"Hel\"}]}\n\n",
@@ -92,19 +92,6 @@ async fn start_fixture() -> (SocketAddr, Fixture) {
     (addr, fixture)
 }
 
-async fn sim() -> RunningServer {
-    let config = ServerConfig {
-        speed: 50.0,
-        model: "m".to_owned(),
-        ..ServerConfig::default()
-    };
-    SimServer::bind(config, "127.0.0.1:0")
-        .await
-        .unwrap()
-        .spawn()
-        .unwrap()
-}
-
 /// An address nothing listens on.
 async fn dead_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -112,12 +99,7 @@ async fn dead_addr() -> SocketAddr {
 }
 
 fn args(endpoints: &[SocketAddr], profile: &str) -> ServingArgs {
-    let mut args = ServingArgs::default();
-    args.sources.endpoints = endpoints.to_vec();
-    args.scheduler.profile = Some(profile.to_owned());
-    args.scheduler.seed = Some(11);
-    args.scrape.scrape = false;
-    args
+    ServingArgs::fixed(endpoints, profile, 11)
 }
 
 struct Proxy {
@@ -166,14 +148,7 @@ impl Proxy {
     }
 
     async fn wait_idle(&self) {
-        let deadline = tokio::time::Instant::now() + STEP;
-        while self.inflight() != 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "in-flight never returned to 0"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("in-flight back to 0", || self.inflight() == 0).await;
     }
 
     fn health(&self, addr: SocketAddr) -> Health {
@@ -290,14 +265,7 @@ async fn pass_through_is_byte_identical_both_ways() {
         );
     }
     proxy.wait_idle().await;
-    let totals = proxy
-        .serving
-        .table()
-        .snapshot()
-        .get(&upstream)
-        .unwrap()
-        .live()
-        .totals();
+    let totals = totals(&proxy.serving, upstream);
     assert_eq!(
         (
             totals.completed,

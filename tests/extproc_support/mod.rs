@@ -3,21 +3,22 @@
 //! (`/work/shared/notes/extproc.md`): headers answer first, duplex body answers are
 //! `streamed_response` chunks of at most 62,000 bytes, header mutations use `raw_value` only,
 //! the destination header equals the `envoy.lb` metadata value.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, HttpTrailers, ImmediateResponse, ProcessingRequest, ProcessingResponse,
-    ProtocolConfiguration, body_mutation, processing_request, processing_response,
+    ImmediateResponse, ProcessingRequest, ProcessingResponse, ProtocolConfiguration, body_mutation,
+    processing_request, processing_response,
 };
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
-use switchyard::extproc::{EppServer, EppServerConfig, ExchangeConfig};
+pub use switchyard::extproc::envoy::{request_body, request_headers, response_body};
+use switchyard::extproc::{EppServer, EppServerConfig, envoy};
 use switchyard::serving::{EjectionPolicy, Serving, ServingArgs};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,24 +33,24 @@ pub const STEP: Duration = Duration::from_secs(20);
 
 /// Serving flags for static endpoints, no scraping, a fixed seed.
 pub fn static_args(endpoints: &[SocketAddr], profile: &str) -> ServingArgs {
-    let mut args = ServingArgs::default();
-    args.sources.endpoints = endpoints.to_vec();
-    args.scheduler.profile = Some(profile.to_owned());
-    args.scheduler.seed = Some(7);
-    args.scrape.scrape = false;
-    args
+    ServingArgs::fixed(endpoints, profile, 7)
+}
+
+/// The cumulative counters of `addr`.
+pub fn totals(serving: &Serving, addr: SocketAddr) -> switchyard::cluster::EndpointTotals {
+    serving
+        .table()
+        .snapshot()
+        .get(&addr)
+        .expect("a member")
+        .live()
+        .totals()
 }
 
 pub fn plaintext_config() -> EppServerConfig {
     EppServerConfig {
-        listen_host: [127, 0, 0, 1].into(),
-        grpc_port: 0,
-        health_port: 0,
-        metrics_port: 0,
-        tls: None,
-        exchange: ExchangeConfig::default(),
         drain_period: Duration::from_millis(200),
-        shutdown_timeout: Duration::from_secs(10),
+        ..EppServerConfig::loopback()
     }
 }
 
@@ -164,6 +165,29 @@ impl Epp {
     }
 }
 
+/// Polls `condition` until it holds; fails the test after [`STEP`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A simulated model server for model `m` on 127.0.0.1, 50× real time.
+pub async fn sim() -> switchyard::sim::RunningServer {
+    let config = switchyard::sim::ServerConfig {
+        speed: 50.0,
+        model: "m".to_owned(),
+        ..switchyard::sim::ServerConfig::default()
+    };
+    switchyard::sim::SimServer::bind(config, "127.0.0.1:0")
+        .await
+        .expect("bind")
+        .spawn()
+        .expect("spawn")
+}
+
 pub fn addrs(ports: &[u16]) -> Vec<SocketAddr> {
     ports
         .iter()
@@ -172,19 +196,6 @@ pub fn addrs(ports: &[u16]) -> Vec<SocketAddr> {
 }
 
 // ---- messages as Envoy sends them ----
-
-pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
-    HeaderMap {
-        headers: pairs
-            .iter()
-            .map(|(key, value)| HeaderValue {
-                key: (*key).to_owned(),
-                value: String::new(),
-                raw_value: value.as_bytes().to_vec(),
-            })
-            .collect(),
-    }
-}
 
 pub fn post_headers(extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut pairs = vec![
@@ -199,21 +210,6 @@ pub fn post_headers(extra: &[(&str, &str)]) -> Vec<(String, String)> {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     pairs
-}
-
-pub fn request_headers(pairs: &[(String, String)], end_of_stream: bool) -> ProcessingRequest {
-    let borrowed: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    ProcessingRequest {
-        request: Some(processing_request::Request::RequestHeaders(HttpHeaders {
-            headers: Some(header_map(&borrowed)),
-            end_of_stream,
-            ..HttpHeaders::default()
-        })),
-        ..ProcessingRequest::default()
-    }
 }
 
 pub fn with_metadata(mut message: ProcessingRequest, metadata: Metadata) -> ProcessingRequest {
@@ -274,50 +270,18 @@ fn metadata(namespace: &str, key: &str, kind: Kind) -> Metadata {
     }
 }
 
-pub fn request_body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
-    ProcessingRequest {
-        request: Some(processing_request::Request::RequestBody(HttpBody {
-            body: bytes.to_vec(),
-            end_of_stream,
-            ..HttpBody::default()
-        })),
-        ..ProcessingRequest::default()
-    }
-}
-
 pub fn request_trailers() -> ProcessingRequest {
-    ProcessingRequest {
-        request: Some(processing_request::Request::RequestTrailers(HttpTrailers {
-            trailers: Some(header_map(&[("x-checksum", "1")])),
-        })),
-        ..ProcessingRequest::default()
-    }
+    envoy::request_trailers(&[("x-checksum", "1")])
 }
 
 pub fn response_headers(status: u16, content_type: &str, end_of_stream: bool) -> ProcessingRequest {
-    let status = status.to_string();
-    ProcessingRequest {
-        request: Some(processing_request::Request::ResponseHeaders(HttpHeaders {
-            headers: Some(header_map(&[
-                (":status", &status),
-                ("content-type", content_type),
-            ])),
-            end_of_stream,
-            ..HttpHeaders::default()
-        })),
-        ..ProcessingRequest::default()
-    }
-}
-
-pub fn response_body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
-    ProcessingRequest {
-        request: Some(processing_request::Request::ResponseBody(HttpBody {
-            body: bytes.to_vec(),
-            end_of_stream,
-            ..HttpBody::default()
-        })),
-        ..ProcessingRequest::default()
-    }
+    envoy::response_headers(
+        &[
+            (":status", status.to_string().as_str()),
+            ("content-type", content_type),
+        ],
+        end_of_stream,
+    )
 }
 
 /// Splits `body` into chunks at the given cut sizes (cycled), as Envoy would deliver it.
@@ -435,27 +399,10 @@ impl EnvoyStream {
                     .expect("body answer has a CommonResponse");
                 if self.duplex {
                     assert!(
-                        self.request_headers_answered,
-                        "request body answered before its headers"
-                    );
-                    assert!(
                         self.body_sent > 0,
                         "body answer before Envoy sent any body chunk"
                     );
-                    match common
-                        .body_mutation
-                        .as_ref()
-                        .and_then(|m| m.mutation.as_ref())
-                    {
-                        Some(body_mutation::Mutation::StreamedResponse(chunk)) => {
-                            assert!(
-                                chunk.body.len() <= MAX_CHUNK,
-                                "chunk of {} bytes",
-                                chunk.body.len()
-                            );
-                        }
-                        other => panic!("duplex body answer is not streamed_response: {other:?}"),
-                    }
+                    check_streamed(common, self.request_headers_answered, "request");
                 }
                 check_mutation(common.header_mutation.as_ref());
                 check_destination_agrees(answer);
@@ -469,22 +416,7 @@ impl EnvoyStream {
                     .as_ref()
                     .expect("body answer has a CommonResponse");
                 if self.duplex {
-                    assert!(
-                        self.response_headers_answered,
-                        "response body answered before its headers"
-                    );
-                    match common
-                        .body_mutation
-                        .as_ref()
-                        .and_then(|m| m.mutation.as_ref())
-                    {
-                        Some(body_mutation::Mutation::StreamedResponse(chunk)) => {
-                            assert!(chunk.body.len() <= MAX_CHUNK);
-                        }
-                        other => {
-                            panic!("duplex response answer is not streamed_response: {other:?}")
-                        }
-                    }
+                    check_streamed(common, self.response_headers_answered, "response");
                 }
             }
             Response::ImmediateResponse(immediate) => {
@@ -495,6 +427,33 @@ impl EnvoyStream {
                 panic!("streamed immediate responses are not used")
             }
         }
+    }
+}
+
+/// A duplex body answer: after its direction's headers answer, a `streamed_response` of at
+/// most [`MAX_CHUNK`] bytes.
+fn check_streamed(
+    common: &envoy_types::pb::envoy::service::ext_proc::v3::CommonResponse,
+    headers_answered: bool,
+    direction: &str,
+) {
+    assert!(
+        headers_answered,
+        "{direction} body answered before its headers"
+    );
+    match common
+        .body_mutation
+        .as_ref()
+        .and_then(|m| m.mutation.as_ref())
+    {
+        Some(body_mutation::Mutation::StreamedResponse(chunk)) => {
+            assert!(
+                chunk.body.len() <= MAX_CHUNK,
+                "chunk of {} bytes",
+                chunk.body.len()
+            );
+        }
+        other => panic!("duplex {direction} body answer is not streamed_response: {other:?}"),
     }
 }
 

@@ -9,8 +9,10 @@
 //! - [`service`]: the tonic `ExternalProcessor` service.
 //! - [`server`]: listeners, health, TLS, drain; [`server::grpc_routes`] is where further gRPC
 //!   services join the ext-proc port.
-//! - [`tls`]: certificates; [`cli`]: `switchyard epp`.
+//! - [`tls`]: certificates; [`cli`]: `switchyard epp`; [`envoy`]: Envoy's messages, for tools
+//!   and tests that play Envoy.
 pub mod cli;
+pub mod envoy;
 pub mod exchange;
 pub mod protocol;
 pub mod server;

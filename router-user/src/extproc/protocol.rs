@@ -259,72 +259,74 @@ pub fn route_buffered_body(
     }
 }
 
-/// "Continue" for a headers message of either direction.
-pub fn continue_headers(request: bool) -> ProcessingResponse {
-    let answer = HeadersResponse {
-        response: Some(CommonResponse::default()),
-    };
+fn answer(response: processing_response::Response) -> ProcessingResponse {
     ProcessingResponse {
-        response: Some(if request {
-            processing_response::Response::RequestHeaders(answer)
-        } else {
-            processing_response::Response::ResponseHeaders(answer)
-        }),
+        response: Some(response),
         ..ProcessingResponse::default()
     }
+}
+
+fn body_answer(request: bool, body: BodyResponse) -> ProcessingResponse {
+    use processing_response::Response;
+    answer(if request {
+        Response::RequestBody(body)
+    } else {
+        Response::ResponseBody(body)
+    })
+}
+
+/// "Continue" for a headers message of either direction.
+pub fn continue_headers(request: bool) -> ProcessingResponse {
+    use processing_response::Response;
+    let headers = HeadersResponse {
+        response: Some(CommonResponse::default()),
+    };
+    answer(if request {
+        Response::RequestHeaders(headers)
+    } else {
+        Response::ResponseHeaders(headers)
+    })
 }
 
 /// "Continue" for a body message in a non-duplex mode.
 pub fn continue_body(request: bool) -> ProcessingResponse {
-    let answer = BodyResponse {
-        response: Some(CommonResponse::default()),
-    };
-    ProcessingResponse {
-        response: Some(if request {
-            processing_response::Response::RequestBody(answer)
-        } else {
-            processing_response::Response::ResponseBody(answer)
-        }),
-        ..ProcessingResponse::default()
-    }
+    body_answer(
+        request,
+        BodyResponse {
+            response: Some(CommonResponse::default()),
+        },
+    )
 }
 
 /// The answer to a trailers message of either direction.
 pub fn trailers(request: bool) -> ProcessingResponse {
-    let answer = TrailersResponse::default();
-    ProcessingResponse {
-        response: Some(if request {
-            processing_response::Response::RequestTrailers(answer)
-        } else {
-            processing_response::Response::ResponseTrailers(answer)
-        }),
-        ..ProcessingResponse::default()
-    }
+    use processing_response::Response;
+    let trailers = TrailersResponse::default();
+    answer(if request {
+        Response::RequestTrailers(trailers)
+    } else {
+        Response::ResponseTrailers(trailers)
+    })
 }
 
 fn streamed(request: bool, body: Vec<u8>, end_of_stream: bool) -> ProcessingResponse {
-    let answer = BodyResponse {
-        response: Some(CommonResponse {
-            body_mutation: Some(BodyMutation {
-                mutation: Some(body_mutation::Mutation::StreamedResponse(
-                    StreamedBodyResponse {
-                        body,
-                        end_of_stream,
-                        ..StreamedBodyResponse::default()
-                    },
-                )),
+    body_answer(
+        request,
+        BodyResponse {
+            response: Some(CommonResponse {
+                body_mutation: Some(BodyMutation {
+                    mutation: Some(body_mutation::Mutation::StreamedResponse(
+                        StreamedBodyResponse {
+                            body,
+                            end_of_stream,
+                            ..StreamedBodyResponse::default()
+                        },
+                    )),
+                }),
+                ..CommonResponse::default()
             }),
-            ..CommonResponse::default()
-        }),
-    };
-    ProcessingResponse {
-        response: Some(if request {
-            processing_response::Response::RequestBody(answer)
-        } else {
-            processing_response::Response::ResponseBody(answer)
-        }),
-        ..ProcessingResponse::default()
-    }
+        },
+    )
 }
 
 /// Duplex-mode body answers for `body`: chunks of at most [`MAX_CHUNK`] bytes, `end_of_stream`

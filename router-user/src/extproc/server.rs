@@ -55,6 +55,22 @@ pub struct EppServerConfig {
     pub shutdown_timeout: Duration,
 }
 
+impl EppServerConfig {
+    /// Plaintext on 127.0.0.1, free ports, no drain period: for benchmarks and tests.
+    pub fn loopback() -> Self {
+        Self {
+            listen_host: [127, 0, 0, 1].into(),
+            grpc_port: 0,
+            health_port: 0,
+            metrics_port: 0,
+            tls: None,
+            exchange: ExchangeConfig::default(),
+            drain_period: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EppError {
     #[error("cannot listen on {addr} ({what}): {source}")]

@@ -196,6 +196,13 @@ fn error_response(error: &ApiError, dropped_reason: Option<&'static str>) -> Res
     response
 }
 
+fn bad_gateway(message: String) -> Response {
+    error_response(
+        &ApiError::from_status(StatusCode::BAD_GATEWAY, message),
+        None,
+    )
+}
+
 fn rejection_response(rejection: &Rejection) -> Response {
     error_response(&rejection.error, rejection.dropped_reason)
 }
@@ -232,6 +239,19 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<
 enum ReadError {
     TooLarge(BodyTooLarge),
     Client(String),
+}
+
+/// The upstream's answer to the client: status, headers minus hop-by-hop ones, the body
+/// streamed through (watched by `tracker` when given).
+fn pass_through(
+    response: http::Response<hyper::body::Incoming>,
+    tracker: Option<crate::serving::RequestTracker>,
+) -> Response {
+    let (parts, body) = response.into_parts();
+    let mut out = Response::new(Body::new(ObservedBody::new(body, tracker)));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = response_headers(&parts.headers);
+    out
 }
 
 /// `POST /v1/completions`, `POST /v1/chat/completions`.
@@ -293,15 +313,10 @@ async fn route_request(State(state): State<Arc<ProxyState>>, request: Request) -
             .await
         {
             Ok(response) => {
-                let status = response.status();
-                availability.answered(addr, status.as_u16());
-                tracker.response_started(status.as_u16(), content_type(response.headers()));
-                let (upstream_parts, upstream_body) = response.into_parts();
-                let mut out =
-                    Response::new(Body::new(ObservedBody::new(upstream_body, Some(tracker))));
-                *out.status_mut() = status;
-                *out.headers_mut() = response_headers(&upstream_parts.headers);
-                return out;
+                availability.answered(addr, response.status().as_u16());
+                tracker
+                    .response_started(response.status().as_u16(), content_type(response.headers()));
+                return pass_through(response, Some(tracker));
             }
             Err(ForwardError::Connect { addr, reason }) => {
                 tracing::warn!(endpoint = %addr, %reason, "connect failed; trying the next endpoint");
@@ -317,24 +332,15 @@ async fn route_request(State(state): State<Arc<ProxyState>>, request: Request) -
             }
             Err(err @ ForwardError::Failed { .. }) => {
                 tracing::warn!(error = %err, "upstream failed after the request was sent");
-                return error_response(
-                    &ApiError::from_status(StatusCode::BAD_GATEWAY, err.to_string()),
-                    None,
-                );
+                return bad_gateway(err.to_string());
             }
         }
     }
-    error_response(
-        &ApiError::from_status(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "no endpoint could be reached ({} tried): {}",
-                candidates.len(),
-                last_error.unwrap_or_default()
-            ),
-        ),
-        None,
-    )
+    bad_gateway(format!(
+        "no endpoint could be reached ({} tried): {}",
+        candidates.len(),
+        last_error.unwrap_or_default()
+    ))
 }
 
 /// `GET /v1/models`: forwarded to a ready endpoint (the least busy one).
@@ -358,31 +364,20 @@ async fn forward_bodyless(State(state): State<Arc<ProxyState>>, request: Request
             .await
         {
             Ok(response) => {
-                let status = response.status();
-                state.serving.availability().answered(addr, status.as_u16());
-                let (upstream_parts, upstream_body) = response.into_parts();
-                let mut out = Response::new(Body::new(ObservedBody::new(upstream_body, None)));
-                *out.status_mut() = status;
-                *out.headers_mut() = response_headers(&upstream_parts.headers);
-                return out;
+                state
+                    .serving
+                    .availability()
+                    .answered(addr, response.status().as_u16());
+                return pass_through(response, None);
             }
             Err(ForwardError::Connect { addr, reason }) => {
                 state.serving.availability().connect_failed(addr, &reason);
                 last_error = reason;
             }
             Err(err) => {
-                return error_response(
-                    &ApiError::from_status(StatusCode::BAD_GATEWAY, err.to_string()),
-                    None,
-                );
+                return bad_gateway(err.to_string());
             }
         }
     }
-    error_response(
-        &ApiError::from_status(
-            StatusCode::BAD_GATEWAY,
-            format!("no endpoint could be reached: {last_error}"),
-        ),
-        None,
-    )
+    bad_gateway(format!("no endpoint could be reached: {last_error}"))
 }

@@ -133,6 +133,8 @@ pub struct Metrics {
     registry: Registry,
     pool: String,
     models: Mutex<HashSet<Arc<str>>>,
+    /// Endpoint label values of the per-endpoint counters, pruned when endpoints leave.
+    endpoint_labels: Mutex<HashSet<String>>,
     request_total: Family<ModelPair, Counter>,
     request_error_total: Family<ErrorLabels, Counter>,
     request_duration: HistogramFamily<ModelPair>,
@@ -177,6 +179,7 @@ impl Metrics {
         let metrics = Self {
             pool: pool.into(),
             models: Mutex::new(HashSet::new()),
+            endpoint_labels: Mutex::new(HashSet::new()),
             request_total: Family::default(),
             request_error_total: Family::default(),
             request_duration: Family::new_with_constructor(duration_histogram),
@@ -405,7 +408,7 @@ impl Metrics {
             .get_or_create(&pair)
             .observe(request_bytes as f64);
         self.decisions
-            .get_or_create(&[("endpoint", endpoint.to_string())])
+            .get_or_create(&[("endpoint", self.endpoint_label(endpoint))])
             .inc();
         self.running_requests
             .get_or_create(&[("model_name", labels.model.clone())])
@@ -497,8 +500,17 @@ impl Metrics {
 
     pub fn retried(&self, failed: SocketAddr) {
         self.retries
-            .get_or_create(&[("endpoint", failed.to_string())])
+            .get_or_create(&[("endpoint", self.endpoint_label(failed))])
             .inc();
+    }
+
+    fn endpoint_label(&self, endpoint: SocketAddr) -> String {
+        let label = endpoint.to_string();
+        let mut labels = self.endpoint_labels.lock();
+        if !labels.contains(&label) {
+            labels.insert(label.clone());
+        }
+        label
     }
 
     pub fn config_reload(&self, applied: bool) {
@@ -560,6 +572,21 @@ impl Metrics {
         };
         self.pool_kv.get_or_create(&pool).set(average(kv_sum));
         self.pool_queue.get_or_create(&pool).set(average(queue_sum));
+        // Counters of endpoints that left the pool go (their series end; rates handle that).
+        let members: HashSet<String> = snapshot
+            .endpoints()
+            .iter()
+            .map(|endpoint| endpoint.addr().to_string())
+            .collect();
+        self.endpoint_labels.lock().retain(|label| {
+            let keep = members.contains(label);
+            if !keep {
+                let labels = [("endpoint", label.clone())];
+                self.decisions.remove(&labels);
+                self.retries.remove(&labels);
+            }
+            keep
+        });
         self.endpoint_source.clear();
         self.endpoint_scrape_failures.clear();
         for scrape in scrapes {
@@ -609,6 +636,8 @@ mod tests {
         let metrics = Metrics::new("pool-a");
         let labels = metrics.model_labels("m", "t");
         metrics.routed(&labels, 100, "10.0.0.1:8000".parse().unwrap());
+        metrics.routed(&labels, 100, "10.9.9.9:1".parse().unwrap());
+        metrics.request_ended(&labels);
         metrics.rejected(Some(&labels), RejectReason::Saturated, 429);
         metrics.completed(
             &labels,
@@ -639,7 +668,7 @@ mod tests {
         metrics.refresh(&table.snapshot(), 200, &[]);
         let text = metrics.encode();
         for needle in [
-            "inference_objective_request_total{model_name=\"m\",target_model_name=\"t\"} 1",
+            "inference_objective_request_total{model_name=\"m\",target_model_name=\"t\"} 2",
             "inference_objective_request_error_total{model_name=\"m\",target_model_name=\"t\",error_code=\"429\"} 1",
             "inference_objective_running_requests{model_name=\"m\"} 1",
             "inference_pool_ready_pods{name=\"pool-a\"} 1",
@@ -649,9 +678,14 @@ mod tests {
             "switchyard_prefix_predicted_cached_tokens_total 4",
             "switchyard_rejected_requests_total{reason=\"saturated\",code=\"429\"} 1",
             "inference_objective_input_tokens_bucket",
+            "switchyard_decisions_total{endpoint=\"10.0.0.1:8000\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+        assert!(
+            !text.contains("10.9.9.9:1"),
+            "a departed endpoint's series are pruned"
+        );
         for index in 0..MAX_MODEL_LABELS + 5 {
             metrics.model_labels(&format!("model-{index}"), "t");
         }

@@ -101,6 +101,19 @@ pub struct ServingArgs {
     pub policy: PolicyArgs,
 }
 
+impl ServingArgs {
+    /// Static endpoints, a built-in profile, a fixed seed, no scraping: for benchmarks and
+    /// tests that inject loads themselves.
+    pub fn fixed(endpoints: &[SocketAddr], profile: &str, seed: u64) -> Self {
+        let mut args = Self::default();
+        args.sources.endpoints = endpoints.to_vec();
+        args.scheduler.profile = Some(profile.to_owned());
+        args.scheduler.seed = Some(seed);
+        args.scrape.scrape = false;
+        args
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServingError {
     #[error(transparent)]

@@ -49,22 +49,18 @@ impl ModelRewrites {
         S: AsRef<str>,
     {
         let mut map = HashMap::new();
-        for entry in entries {
-            for item in split_list(entry.as_ref()) {
-                let (from, to) = item
-                    .split_once('=')
-                    .map(|(from, to)| (from.trim(), to.trim()))
-                    .filter(|(from, to)| !from.is_empty() && !to.is_empty())
-                    .ok_or_else(|| PolicyError::BadRewrite(item.to_owned()))?;
-                if let Some(first) = map.insert(from.to_owned(), to.to_owned())
-                    && first != to
-                {
-                    return Err(PolicyError::DuplicateRewrite {
-                        from: from.to_owned(),
-                        first,
-                        second: to.to_owned(),
-                    });
-                }
+        let pairs = parse_pairs(entries, PolicyError::BadRewrite, |from, to| {
+            (!from.is_empty() && !to.is_empty()).then(|| (from.to_owned(), to.to_owned()))
+        })?;
+        for (from, to) in pairs {
+            if let Some(first) = map.insert(from.clone(), to.clone())
+                && first != to
+            {
+                return Err(PolicyError::DuplicateRewrite {
+                    from,
+                    first,
+                    second: to,
+                });
             }
         }
         Ok(Self { map })
@@ -103,20 +99,11 @@ impl Objectives {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut map = HashMap::new();
-        for entry in entries {
-            for item in split_list(entry.as_ref()) {
-                let (name, priority) = item
-                    .split_once('=')
-                    .and_then(|(name, priority)| {
-                        let name = name.trim();
-                        let priority = priority.trim().parse::<i32>().ok()?;
-                        (!name.is_empty()).then(|| (name.to_owned(), priority))
-                    })
-                    .ok_or_else(|| PolicyError::BadObjective(item.to_owned()))?;
-                map.insert(name, priority);
-            }
-        }
+        let pairs = parse_pairs(entries, PolicyError::BadObjective, |name, priority| {
+            let priority = priority.parse::<i32>().ok()?;
+            (!name.is_empty()).then(|| (name.to_owned(), priority))
+        })?;
+        let map = pairs.into_iter().collect();
         Ok(Self::new(map))
     }
 
@@ -141,10 +128,33 @@ impl Objectives {
     }
 }
 
-fn split_list(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
+/// The `A=B` items of comma-separated `entries`, each parsed by `parse` (given both sides,
+/// trimmed); an item without `=` or that `parse` refuses becomes `error(item)`.
+fn parse_pairs<I, S, T>(
+    entries: I,
+    error: fn(String) -> PolicyError,
+    parse: impl Fn(&str, &str) -> Option<(String, T)>,
+) -> Result<Vec<(String, T)>, PolicyError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut out = Vec::new();
+    for entry in entries {
+        for item in entry
+            .as_ref()
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
+            let pair = item
+                .split_once('=')
+                .and_then(|(left, right)| parse(left.trim(), right.trim()))
+                .ok_or_else(|| error(item.to_owned()))?;
+            out.push(pair);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -222,6 +222,7 @@ impl Admission {
         body: RequestBody,
         meta: &RequestMeta<'_>,
     ) -> Result<Routed, Rejection> {
+        let admitted_at = Instant::now();
         let view = match parse_routing_view(body.bytes()) {
             Ok(view) => view,
             Err(err) => {
@@ -300,6 +301,8 @@ impl Admission {
             max_tokens,
             priority,
         };
+        self.metrics
+            .routing_latency(admitted_at.elapsed().as_secs_f64());
         let tracker = RequestTracker::start(
             self.clone(),
             labels,

@@ -149,6 +149,9 @@ pub struct Metrics {
     pool_ready: Family<OneLabel, Gauge>,
     pool_pod_queue: Family<TwoLabels, Gauge>,
     pick_duration: Histogram,
+    routing_duration: Histogram,
+    pick_mean: MeanSeconds,
+    routing_mean: MeanSeconds,
     first_token: HistogramFamily<ModelPair>,
     per_output_token: HistogramFamily<ModelPair>,
     decisions: Family<OneLabel, Counter>,
@@ -198,6 +201,12 @@ impl Metrics {
                 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.0001, 0.0002, 0.0005, 0.001, 0.002,
                 0.005, 0.01, 0.02, 0.05, 0.1,
             ]),
+            routing_duration: Histogram::new([
+                0.000_01, 0.000_02, 0.000_05, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01,
+                0.02, 0.05, 0.1,
+            ]),
+            pick_mean: MeanSeconds::default(),
+            routing_mean: MeanSeconds::default(),
             first_token: Family::new_with_constructor(first_token_histogram),
             per_output_token: Family::new_with_constructor(per_token_histogram),
             decisions: Family::default(),
@@ -286,6 +295,11 @@ impl Metrics {
             "inference_extension_scheduler_e2e_duration_seconds",
             "End-to-end scheduling latency distribution in seconds.",
             m.pick_duration.clone(),
+        );
+        r.register(
+            "switchyard_request_routing_duration_seconds",
+            "The router's own work per routed request: from the complete body to the decision (parse, prefix hashing left, pick, bookkeeping).",
+            m.routing_duration.clone(),
         );
         r.register(
             "switchyard_request_time_to_first_token_seconds",
@@ -448,6 +462,17 @@ impl Metrics {
 
     pub fn pick_latency(&self, seconds: f64) {
         self.pick_duration.observe(seconds);
+        self.pick_mean.add(seconds);
+    }
+
+    pub fn routing_latency(&self, seconds: f64) {
+        self.routing_duration.observe(seconds);
+        self.routing_mean.add(seconds);
+    }
+
+    /// Mean pick time and mean routing work so far, seconds (for benchmarks).
+    pub fn mean_pick_and_routing(&self) -> (f64, f64) {
+        (self.pick_mean.mean(), self.routing_mean.mean())
     }
 
     pub fn predicted_hit(&self, ratio: f64) {
@@ -611,6 +636,27 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A running mean of durations (prometheus-client's histograms do not expose theirs).
+#[derive(Debug, Default)]
+struct MeanSeconds {
+    nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl MeanSeconds {
+    fn add(&self, seconds: f64) {
+        self.nanos
+            .fetch_add((seconds * 1e9) as u64, std::sync::atomic::Ordering::Relaxed);
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn mean(&self) -> f64 {
+        let count = self.count.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        self.nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9 / count as f64
     }
 }
 

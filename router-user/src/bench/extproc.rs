@@ -217,19 +217,26 @@ async fn start_picker(
     Ok((grpc, serving))
 }
 
-/// Request bodies: 8 system prompts × distinct questions, `body_bytes` long.
+/// Request bodies of about `body_bytes`: one of 8 system prompts (three quarters of the body,
+/// so requests share prefixes as chat traffic does) and a distinct question.
 fn bodies(body_bytes: usize) -> Vec<Vec<u8>> {
+    let text = |seed: &str, len: usize| seed.chars().cycle().take(len).collect::<String>();
+    let prompt_bytes = body_bytes.saturating_sub(160);
     (0..64)
         .map(|i| {
-            let system = format!("System prompt {} for a helpful assistant. ", i % 8).repeat(body_bytes / 80 + 1);
-            let mut system: String = system.chars().take(body_bytes.saturating_sub(160) * 3 / 4).collect();
-            system.push_str(&format!(" Question {i}: "));
-            let question = "why is the sky blue? ".repeat((body_bytes / 4) / 21 + 1);
+            let system = text(
+                &format!("System prompt {} for a helpful assistant. ", i % 8),
+                prompt_bytes * 3 / 4,
+            );
+            let question = format!(
+                "Question {i}: {}",
+                text("why is the sky blue? ", prompt_bytes / 4)
+            );
             let body = serde_json::json!({
                 "model": "bench-model",
                 "messages": [
                     {"role": "system", "content": system},
-                    {"role": "user", "content": question.chars().take(body_bytes / 4).collect::<String>()},
+                    {"role": "user", "content": question},
                 ],
                 "max_tokens": 64,
                 "stream": true,

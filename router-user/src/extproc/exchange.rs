@@ -371,6 +371,13 @@ impl Exchange {
         Step::Continue
     }
 
+    /// Work deferred until the answers are sent: the prefix index learns the route.
+    pub fn after_send(&mut self) {
+        if let Some(tracker) = &mut self.tracker {
+            tracker.learn();
+        }
+    }
+
     /// The response ended: settle in-flight and token accounting.
     fn settle(&mut self) {
         self.response_ended = true;

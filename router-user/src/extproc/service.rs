@@ -63,6 +63,7 @@ impl ExternalProcessor for ExtProcService {
                         return;
                     }
                 }
+                exchange.after_send();
                 match step {
                     Ok(Step::Continue) => {}
                     Ok(Step::Close) => return,

@@ -292,6 +292,8 @@ async fn route_request(State(state): State<Arc<ProxyState>>, request: Request) -
         Err(rejection) => return rejection_response(&rejection),
     };
     let mut tracker = routed.tracker;
+    // Before forwarding, so concurrent requests with this prefix already see where it went.
+    tracker.learn();
     let body = Bytes::from(routed.body);
     let path = parts
         .uri

@@ -17,7 +17,7 @@ use super::decisions::{DecisionContext, DecisionLog};
 use super::metrics::{Metrics, ModelLabels, RejectReason};
 use super::policy::{ModelRewrites, Objectives};
 use super::request_body::{BodyTooLarge, RequestBody};
-use super::tracker::{RequestTracker, RouteMemo};
+use super::tracker::{RequestTracker, RouteMemo, StartedRoute};
 use crate::clock::Clock;
 use crate::cluster::EndpointTable;
 use crate::openai::{ApiError, RoutingViewError, parse_routing_view};
@@ -262,7 +262,9 @@ impl Admission {
             Ok(decision) => decision,
             Err(err) => return Err(self.refuse(&err, &labels, &view.model, priority)),
         };
-        let Some(guard) = scheduler.route(&decision, &request, &snapshot) else {
+        // The prefix index learns where this prompt went after the answer is on its way
+        // (`RequestTracker::learn`): for a long prompt that is tens of microseconds.
+        let Some(guard) = snapshot.begin(&decision.primary(), request.estimated_tokens()) else {
             // The primary left the pool between snapshot and route: only possible with a
             // snapshot taken before a membership change, and the next request sees the new one.
             let rejection = Rejection::no_endpoints("the chosen endpoint left the pool");
@@ -303,15 +305,14 @@ impl Admission {
         };
         self.metrics
             .routing_latency(admitted_at.elapsed().as_secs_f64());
-        let tracker = RequestTracker::start(
-            self.clone(),
-            labels,
+        let route = StartedRoute {
             guard,
             memo,
+            picked_by: (scheduler, decision.at),
             decision_id,
-            decision.predicted_prefix_hit,
-            meta.received,
-        );
+            predicted_hit: decision.predicted_prefix_hit,
+        };
+        let tracker = RequestTracker::start(self.clone(), labels, route, meta.received);
         Ok(Routed {
             decision,
             body: finished.bytes,

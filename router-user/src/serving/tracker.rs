@@ -10,8 +10,9 @@ use super::admission::Admission;
 use super::decisions::Outcome;
 use super::metrics::{Completion, ModelLabels};
 use super::usage::{Observed, ResponseObserver};
+use crate::clock::Micros;
 use crate::cluster::Inflight;
-use crate::scheduling::{BlockHash, SchedulingRequest};
+use crate::scheduling::{BlockHash, Scheduler, SchedulingRequest};
 
 /// What the scheduler needs to teach its index when the request lands somewhere else.
 #[derive(Clone, Debug)]
@@ -39,6 +40,16 @@ impl RouteMemo {
     }
 }
 
+/// A decision acted on: what a tracker starts from.
+pub(super) struct StartedRoute {
+    pub guard: Inflight,
+    pub memo: RouteMemo,
+    /// The scheduler that picked, and the time it picked at.
+    pub picked_by: (Arc<Scheduler>, Micros),
+    pub decision_id: u64,
+    pub predicted_hit: f64,
+}
+
 /// One routed request until its response ends.
 pub struct RequestTracker {
     admission: Arc<Admission>,
@@ -46,6 +57,8 @@ pub struct RequestTracker {
     guard: Option<Inflight>,
     addr: SocketAddr,
     memo: RouteMemo,
+    /// The scheduler that picked, and when, until the prefix index learned the route.
+    unlearned: Option<(Arc<Scheduler>, Micros)>,
     decision_id: u64,
     predicted_hit: f64,
     received: Instant,
@@ -70,21 +83,19 @@ impl RequestTracker {
     pub(super) fn start(
         admission: Arc<Admission>,
         labels: ModelLabels,
-        guard: Inflight,
-        memo: RouteMemo,
-        decision_id: u64,
-        predicted_hit: f64,
+        route: StartedRoute,
         received: Instant,
     ) -> Self {
         admission.metrics.active().inc();
         Self {
-            addr: guard.addr(),
+            addr: route.guard.addr(),
             admission,
             labels,
-            guard: Some(guard),
-            memo,
-            decision_id,
-            predicted_hit,
+            guard: Some(route.guard),
+            memo: route.memo,
+            unlearned: Some(route.picked_by),
+            decision_id: route.decision_id,
+            predicted_hit: route.predicted_hit,
             received,
             routed: Instant::now(),
             status: None,
@@ -100,6 +111,14 @@ impl RequestTracker {
 
     pub fn decision_id(&self) -> u64 {
         self.decision_id
+    }
+
+    /// Teaches the scheduler (prefix index, sessions) that the request went to its endpoint.
+    /// Call once the routing answer is on its way; later calls do nothing.
+    pub fn learn(&mut self) {
+        if let Some((scheduler, at)) = self.unlearned.take() {
+            scheduler.on_routed(&self.memo.request(), self.addr, at);
+        }
     }
 
     /// The gateway reports the endpoint that served (`x-gateway-destination-endpoint-served`).
@@ -119,6 +138,8 @@ impl RequestTracker {
 
     /// Moves the in-flight count and teaches the scheduler where the prompt really went.
     fn move_to(&mut self, addr: SocketAddr) {
+        // The endpoint it lands on is learned below, not the one first chosen.
+        self.unlearned = None;
         let tokens = self.guard.as_ref().map_or(0, Inflight::tokens);
         // Release the old count before taking the new one.
         self.guard = None;
@@ -168,6 +189,9 @@ impl RequestTracker {
             return self.observed();
         }
         self.settled = true;
+        if outcome == Outcome::Completed {
+            self.learn();
+        }
         let observed = self
             .observer
             .as_mut()

@@ -11,6 +11,9 @@
 //! - [`sim`]: a simulated vLLM / SGLang model server (in-process engine and HTTP server).
 //! - [`cluster`]: the shared endpoint table (membership, loads, GPU signals, in-flight counts).
 //! - [`scheduling`]: filters, scorers and pickers that choose the endpoint for each request.
+//! - [`serving`]: what the endpoint picker and the proxy share (sources, admission, metrics).
+//! - [`extproc`]: the Envoy ext-proc endpoint picker (`switchyard epp`).
+//! - [`proxy`]: the standalone OpenAI-compatible proxy (`switchyard proxy`).
 //! - [`cli`]: the `switchyard` command line.
 pub mod bench;
 pub mod cli;
@@ -18,9 +21,12 @@ pub mod clock;
 pub mod cluster;
 pub mod dataplane;
 pub mod demo;
+pub mod extproc;
 pub mod k8s;
 pub mod logging;
 pub mod openai;
+pub mod proxy;
 pub mod scheduling;
+pub mod serving;
 pub mod sim;
 pub mod telemetry;

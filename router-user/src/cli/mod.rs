@@ -24,7 +24,7 @@ pub enum Command {
     Dataplane(crate::dataplane::cli::DataplaneArgs),
     /// Print the CustomResourceDefinitions (InferencePool, InferenceObjective) as YAML.
     Crdgen(crate::k8s::cli::CrdgenArgs),
-    /// Measurements: `bench dataplane` (connect cost of steering).
+    /// Measurements: `bench dataplane` (connect cost of steering), `bench extproc` (endpoint-picker latency and CPU).
     Bench(crate::bench::BenchArgs),
     /// Self-contained demo (root): steer a weighted pool in a temporary cgroup and show where
     /// connections went.
@@ -33,6 +33,10 @@ pub enum Command {
     Telemetry(crate::telemetry::cli::TelemetryArgs),
     /// Simulated vLLM / SGLang model server (OpenAI API, /metrics, GPU view, fault injection).
     Sim(crate::sim::cli::SimArgs),
+    /// Endpoint picker for Envoy (ext-proc, Gateway API Inference Extension protocol).
+    Epp(Box<crate::extproc::cli::EppArgs>),
+    /// OpenAI-compatible proxy running the same scheduler in-process (no Envoy needed).
+    Proxy(Box<crate::proxy::cli::ProxyArgs>),
 }
 
 /// Parses arguments, runs the subcommand on a tokio runtime, and maps errors to exit codes.
@@ -66,5 +70,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Telemetry(args) => crate::telemetry::cli::run(args).await,
         Command::Sim(args) => crate::sim::cli::run(args).await,
+        Command::Epp(args) => crate::extproc::cli::run(*args).await,
+        Command::Proxy(args) => crate::proxy::cli::run(*args).await,
     }
 }

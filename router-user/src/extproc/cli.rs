@@ -1,0 +1,100 @@
+//! `switchyard epp`: the Envoy ext-proc endpoint picker.
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use super::exchange::ExchangeConfig;
+use super::server::{EppServer, EppServerConfig};
+use super::tls::TlsSource;
+use crate::serving::shutdown::termination_signal;
+use crate::serving::{EjectionPolicy, Serving, ServingArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct EppArgs {
+    #[command(flatten)]
+    pub serving: ServingArgs,
+    /// Port of the ext-proc gRPC service (also serves gRPC health).
+    #[arg(long, default_value_t = 9002)]
+    pub grpc_port: u16,
+    /// Port of the gRPC health service for probes (plaintext).
+    #[arg(long, default_value_t = 9003)]
+    pub grpc_health_port: u16,
+    /// Port of /metrics and /debug/*.
+    #[arg(long, default_value_t = 9090)]
+    pub metrics_port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_host: IpAddr,
+    /// TLS on the ext-proc port (`--secure-serving=false` for plaintext).
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub secure_serving: bool,
+    /// Directory with `tls.crt` and `tls.key`; a self-signed certificate is generated when
+    /// omitted.
+    #[arg(long)]
+    pub cert_path: Option<PathBuf>,
+    /// Send the ranked endpoints `ip:port,ip:port,...` (header and metadata) instead of the
+    /// primary alone, for gateways that retry down the list (not GIE's ORIGINAL_DST routing).
+    #[arg(long)]
+    pub destination_fallbacks: bool,
+    /// After SIGTERM: how long streams keep being accepted while readiness is NOT_SERVING.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_period: Duration,
+    /// After the drain period: longest wait for streams in flight.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl EppArgs {
+    pub fn server_config(&self) -> EppServerConfig {
+        EppServerConfig {
+            listen_host: self.listen_host,
+            grpc_port: self.grpc_port,
+            health_port: self.grpc_health_port,
+            metrics_port: self.metrics_port,
+            tls: self.secure_serving.then(|| match &self.cert_path {
+                Some(dir) => TlsSource::Dir(dir.clone()),
+                None => TlsSource::SelfSigned,
+            }),
+            exchange: ExchangeConfig {
+                destination_fallbacks: self.destination_fallbacks,
+                session_header: None,
+            },
+            drain_period: self.drain_period,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+}
+
+pub async fn run(args: EppArgs) -> anyhow::Result<()> {
+    // Endpoints reported by node agents; the node-report service (mounted in
+    // `server::grpc_routes`) publishes into it. Until then it stays empty and every member is
+    // scraped when scraping is on.
+    let (covered_tx, covered_rx) = watch::channel(HashSet::new());
+    let serving = Serving::start(&args.serving, EjectionPolicy::default(), covered_rx)
+        .await
+        .context("cannot start the endpoint picker")?;
+    let mut config = args.server_config();
+    config.exchange.session_header = serving.session_header().map(|name| name.to_string());
+    let server = EppServer::bind(config, Arc::new(serving), covered_tx).await?;
+    tracing::info!(
+        grpc = %server.grpc_addr(),
+        health = %server.health_addr(),
+        metrics = %server.metrics_addr(),
+        tls = args.secure_serving,
+        "endpoint picker listening"
+    );
+    server.serve(termination_signal()).await?;
+    Ok(())
+}

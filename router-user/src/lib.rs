@@ -1,6 +1,7 @@
 //! Switchyard: a GPU-aware inference router for Kubernetes.
 //!
 //! The library holds every part; `main.rs` only calls [`cli::main`]. Modules by concept:
+//! - [`agent`]: the node agent (scores, dataplane programming, node reports to the EPP).
 //! - [`bench`]: `switchyard bench ...` measurements (figures in `docs/benchmarks.md`).
 //! - [`dataplane`]: eBPF connect-time steering (load, pin, program pools, read counts).
 //! - [`demo`]: `switchyard demo`, a self-contained dataplane demo.
@@ -12,6 +13,7 @@
 //! - [`cluster`]: the shared endpoint table (membership, loads, GPU signals, in-flight counts).
 //! - [`scheduling`]: filters, scorers and pickers that choose the endpoint for each request.
 //! - [`cli`]: the `switchyard` command line.
+pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -296,6 +296,7 @@ struct Loop {
     steering: Steering,
     scraper: Scraper,
     gpus: GpuTracker,
+    /// GPU rounds (a sender exists only with telemetry).
     gpu_rounds: watch::Receiver<Arc<GpuRound>>,
     /// `nvml`, `sim` or `absent`.
     telemetry: &'static str,
@@ -321,6 +322,8 @@ impl Loop {
             Discovery::Static(_) => None,
         };
         let mut views = self.views.clone();
+        // Without GPU telemetry nothing sends rounds: leave that branch out.
+        let mut gpu_rounds = (self.telemetry != "absent").then(|| self.gpu_rounds.clone());
         let mut ticker = tokio::time::interval(self.config.connections_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pass = Instant::now() - MIN_PASS_SPACING;
@@ -333,11 +336,13 @@ impl Loop {
                     if changed.is_err() { break; }
                     pending = true;
                 }
-                changed = self.gpu_rounds.changed() => {
-                    if changed.is_ok() {
-                        let round = self.gpu_rounds.borrow_and_update().clone();
-                        self.gpus.apply(&round, self.clock.now());
-                        pending = true;
+                round = next_round(&mut gpu_rounds) => {
+                    match round {
+                        Some(round) => {
+                            self.gpus.apply(&round, self.clock.now());
+                            pending = true;
+                        }
+                        None => gpu_rounds = None,
                     }
                 }
                 changed = changed_view(&mut views) => {
@@ -712,6 +717,16 @@ impl Loop {
         } else {
             self.probes.set_ready(true, "");
         }
+    }
+}
+
+async fn next_round(rounds: &mut Option<watch::Receiver<Arc<GpuRound>>>) -> Option<Arc<GpuRound>> {
+    match rounds {
+        Some(rounds) => match rounds.changed().await {
+            Ok(()) => Some(rounds.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
     }
 }
 

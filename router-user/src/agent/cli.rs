@@ -123,6 +123,26 @@ fn hostname() -> String {
 
 async fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
     let settings = args.resolve()?;
+    // The agent's work is many small wake-ups (a scrape per endpoint, reports, passes, counter
+    // reads) that each take microseconds; on one thread they cost no cross-thread wake-ups,
+    // which on a busy node cost more than the work itself (docs/benchmarks.md, Node agent).
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("switchyard-agent".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(run_agent_here(settings)));
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the agent's thread")?;
+    done.await
+        .context("the agent's thread ended without a result")?
+}
+
+async fn run_agent_here(settings: AgentSettings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (config, watcher) = agent_config(settings).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -244,4 +264,76 @@ pub async fn agent_config(
         warmup: Duration::from_secs(1),
     };
     Ok((config, watcher))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    use super::*;
+
+    fn agent(args: &[&str]) -> AgentArgs {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|err| panic!("{err}"));
+        match cli.command {
+            Command::Agent(args) => *args,
+            other => panic!("not the agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_flags_the_chart_passes_parse() {
+        let args = agent(&[
+            "switchyard",
+            "--log",
+            "info",
+            "--log-format",
+            "json",
+            "agent",
+            "--node-name",
+            "gpu-7",
+            "--epp",
+            "sy-epp.default.svc:9002",
+            "--telemetry",
+            "auto",
+            "--metrics-port",
+            "9091",
+        ]);
+        assert!(args.command.is_none());
+        let settings = args.run.resolve().unwrap();
+        assert_eq!(settings.node_name.as_deref(), Some("gpu-7"));
+        assert_eq!(settings.epp.as_deref(), Some("sy-epp.default.svc:9002"));
+        assert_eq!(settings.metrics.port(), 9091);
+    }
+
+    #[test]
+    fn snapshot_is_a_subcommand_with_its_own_flags() {
+        let args = agent(&[
+            "switchyard",
+            "agent",
+            "snapshot",
+            "--endpoints",
+            "127.0.0.1:8001,127.0.0.1:8002",
+            "--json",
+        ]);
+        let Some(AgentCommand::Snapshot(snapshot)) = args.command else {
+            panic!("expected the snapshot subcommand");
+        };
+        assert_eq!(snapshot.endpoints.len(), 2);
+        assert!(snapshot.json);
+        assert!(
+            Cli::try_parse_from(["switchyard", "agent", "snapshot"]).is_err(),
+            "endpoints are required"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_endpoints_or_node_the_agent_says_what_to_give() {
+        let err = agent_config(RunArgs::default().resolve().unwrap())
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--endpoints"), "{err}");
+    }
 }

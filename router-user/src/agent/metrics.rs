@@ -16,6 +16,14 @@ fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
         .collect()
 }
 
+/// The result of one pool update, for `switchyard_agent_map_updates_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapUpdate {
+    Written,
+    Unchanged,
+    Error,
+}
+
 /// Every metric the agent exports. Cheap to share (`Arc`); each field is a handle.
 #[derive(Debug)]
 pub struct AgentMetrics {
@@ -26,6 +34,10 @@ pub struct AgentMetrics {
     pub scrape_errors: Family<Labels, Counter>,
     /// Dataplane pool updates by result (`written`, `unchanged`, `error`).
     pub map_updates: Family<Labels, Counter>,
+    /// The three series of `map_updates`, resolved once (a pass must not allocate labels).
+    map_written: Counter,
+    map_unchanged: Counter,
+    map_errors: Counter,
     /// Selection-table swaps (the eligible set or a weight changed).
     pub table_swaps: Counter,
     /// Age of load samples when a report carries them (sensing → report).
@@ -75,6 +87,9 @@ impl AgentMetrics {
             scrape_latency: seconds(),
             scrape_errors: Family::default(),
             map_updates: Family::default(),
+            map_written: Counter::default(),
+            map_unchanged: Counter::default(),
+            map_errors: Counter::default(),
             table_swaps: Counter::default(),
             report_sample_age: seconds(),
             report_round_trip: seconds(),
@@ -94,6 +109,15 @@ impl AgentMetrics {
             pass_duration: seconds(),
         };
         metrics.cluster_weights_age.set(-1.0);
+        let series = |result: &str| {
+            metrics
+                .map_updates
+                .get_or_create(&labels([("result", result)]))
+                .clone()
+        };
+        metrics.map_written = series("written");
+        metrics.map_unchanged = series("unchanged");
+        metrics.map_errors = series("error");
         metrics.register();
         metrics
     }
@@ -224,10 +248,13 @@ impl AgentMetrics {
             .inc();
     }
 
-    pub fn map_update(&self, result: &str) {
-        self.map_updates
-            .get_or_create(&labels([("result", result)]))
-            .inc();
+    /// Counts one pool update: written (something changed in the maps), unchanged, or failed.
+    pub fn map_update(&self, result: MapUpdate) {
+        match result {
+            MapUpdate::Written => self.map_written.inc(),
+            MapUpdate::Unchanged => self.map_unchanged.inc(),
+            MapUpdate::Error => self.map_errors.inc(),
+        };
     }
 
     pub fn epp_connect(&self, result: &str) {
@@ -273,7 +300,7 @@ mod tests {
     fn metrics_encode_with_their_names() {
         let metrics = AgentMetrics::new();
         metrics.set_telemetry_state("sim");
-        metrics.map_update("written");
+        metrics.map_update(MapUpdate::Written);
         metrics.endpoint("10.0.0.1:8000", 0.5, false);
         metrics.backend_weight("10.96.0.1:80", "10.0.0.1:8000", 1000);
         metrics.scrape_latency.observe(0.002);

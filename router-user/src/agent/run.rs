@@ -4,8 +4,11 @@
 //!
 //! The loop is event-driven: a new scrape, GPU round, cluster view or pod list triggers a
 //! pass, and passes are at least [`MIN_PASS_SPACING`] apart so a burst of scrapes from many
-//! endpoints costs one pass. A ticker (`connections_interval`, 50 ms) reads the connection
-//! counters and lets ages grow (stale loads, decaying cluster trust) without events.
+//! endpoints costs one pass. A pass reads the connection counters when they are older than
+//! `connections_interval` (50 ms). A slow ticker ([`IDLE_PASS_EVERY`]) runs a pass when nothing
+//! happens, so ages grow (stale loads, decaying cluster trust, dead servers) without events;
+//! with scrapes every 50 ms it rarely fires, and every wake-up it saves is CPU the agent does
+//! not spend (docs/benchmarks.md, Node agent).
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +23,7 @@ use super::endpoints::{LocalEndpoint, PodDiscovery};
 use super::gpus::{GpuOptions, GpuRound, GpuSource, GpuTracker};
 use super::http::{self, Probes};
 use super::link::{LinkConfig, LinkError, ReceivedView, spawn_link};
-use super::metrics::AgentMetrics;
+use super::metrics::{AgentMetrics, MapUpdate};
 use super::pools::{PoolBook, PoolPlan, StaticPool};
 use super::score::{
     BackendInputs, ClusterInput, LoadReading, PoolScores, ScoreParams, blend, score_pool,
@@ -36,6 +39,9 @@ use crate::telemetry::scrape::{EndpointStatus, ScrapeConfig, ScrapeConfigError, 
 
 /// Passes are at least this far apart (scrapes of many endpoints arrive together).
 pub const MIN_PASS_SPACING: Duration = Duration::from_millis(5);
+
+/// A pass runs at least this often even without events.
+pub const IDLE_PASS_EVERY: Duration = Duration::from_millis(100);
 
 /// Where the agent's model servers come from.
 pub enum Discovery {
@@ -227,11 +233,14 @@ pub async fn start(
         scrape_counts: HashMap::new(),
         connections: BTreeMap::new(),
         connection_seq: 0,
+        connections_read: None,
         pools: book,
         views: link_views,
         node_tx,
         pool_states: HashMap::new(),
         warmed_up: false,
+        shown_scores: HashMap::new(),
+        shown_weights: HashMap::new(),
         metrics: metrics.clone(),
         probes: probes.clone(),
         clock,
@@ -307,11 +316,15 @@ struct Loop {
     scrape_counts: HashMap<SocketAddr, (u64, u64)>,
     connections: BTreeMap<SocketAddr, ConnectionView>,
     connection_seq: u64,
+    connections_read: Option<Instant>,
     pools: PoolBook,
     views: Option<watch::Receiver<Option<Arc<ReceivedView>>>>,
     node_tx: watch::Sender<Arc<NodeView>>,
     pool_states: HashMap<SocketAddr, PoolState>,
     warmed_up: bool,
+    /// What the per-endpoint and per-backend gauges show (updated on change only).
+    shown_scores: HashMap<SocketAddr, (f64, bool)>,
+    shown_weights: HashMap<(SocketAddr, SocketAddr), u32>,
 }
 
 impl Loop {
@@ -324,8 +337,8 @@ impl Loop {
         let mut views = self.views.clone();
         // Without GPU telemetry nothing sends rounds: leave that branch out.
         let mut gpu_rounds = (self.telemetry != "absent").then(|| self.gpu_rounds.clone());
-        let mut ticker = tokio::time::interval(self.config.connections_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle = tokio::time::interval(IDLE_PASS_EVERY);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pass = Instant::now() - MIN_PASS_SPACING;
         let mut pending = false;
         loop {
@@ -351,9 +364,8 @@ impl Loop {
                 changed = changed_pods(&mut pods) => {
                     if changed { self.refresh_endpoints(); pending = true; } else { pods = None; }
                 }
-                _ = ticker.tick() => {
-                    self.read_connections();
-                    pending = true;
+                _ = idle.tick() => {
+                    pending |= last_pass.elapsed() >= IDLE_PASS_EVERY / 2;
                 }
                 () = tokio::time::sleep_until(spacing), if pending => {}
             }
@@ -388,6 +400,7 @@ impl Loop {
         self.gpus.retain_endpoints(&addrs);
         for gone in self.endpoints.iter().filter(|e| !addrs.contains(&e.addr())) {
             self.metrics.forget_endpoint(&gone.addr().to_string());
+            self.shown_scores.remove(&gone.addr());
         }
         self.first_seen.retain(|addr, _| addrs.contains(addr));
         self.scrape_counts.retain(|addr, _| addrs.contains(addr));
@@ -395,10 +408,16 @@ impl Loop {
         self.endpoints_tx.send_replace(self.endpoints.clone());
     }
 
+    /// Reads the connection counters if they are older than `connections_interval`.
     fn read_connections(&mut self) {
-        if !self.steering.active() {
+        if !self.steering.active()
+            || self
+                .connections_read
+                .is_some_and(|at| at.elapsed() < self.config.connections_interval)
+        {
             return;
         }
+        self.connections_read = Some(Instant::now());
         match self.steering.connection_counts() {
             Ok(counts) => {
                 let now = self.clock.now();
@@ -425,12 +444,21 @@ impl Loop {
 
     fn pass(&mut self) {
         let started = Instant::now();
+        self.read_connections();
         let now = self.clock.now();
         if let Some(views) = &self.views
             && let Some(view) = views.borrow().clone()
         {
             for vip in self.pools.apply_view(&view) {
                 tracing::info!(%vip, "the EPP no longer lists this pool; removing it");
+                self.shown_weights.retain(|(pool, backend), _| {
+                    let keep = *pool != vip;
+                    if !keep {
+                        self.metrics
+                            .forget_backend(&vip.to_string(), &backend.to_string());
+                    }
+                    keep
+                });
                 if let Err(err) = self.steering.remove(vip) {
                     tracing::warn!(%vip, error = %err, "cannot remove the pool");
                 }
@@ -467,14 +495,7 @@ impl Loop {
             let load = status.and_then(|s| s.load.clone());
             let inputs = BackendInputs {
                 addr,
-                load: load.as_ref().map(|l| LoadReading {
-                    waiting: l.waiting,
-                    running: l.running,
-                    kv_usage: l.kv_cache_usage,
-                    engine_hit: l.prefix_cache_hit_rate,
-                    sampled_at: l.sampled_at,
-                    sent_since_sample: 0,
-                }),
+                load: load.as_ref().map(LoadReading::of),
                 throttled: throttled(&gpus, now, &self.config.verdict),
                 live_connections: self.connections.get(&addr).map(ConnectionView::live),
                 drain: drain.clone(),
@@ -499,8 +520,12 @@ impl Loop {
         for score in &node_scores.backends {
             if let Some((_, view)) = local.get_mut(&score.addr) {
                 view.score = score.score;
-                self.metrics
-                    .endpoint(&score.addr.to_string(), score.score, view.drain.is_some());
+                let shown = (score.score, view.drain.is_some());
+                let last = self.shown_scores.insert(score.addr, shown);
+                if last.is_none_or(|(s, d)| (s - shown.0).abs() >= 0.001 || d != shown.1) {
+                    self.metrics
+                        .endpoint(&score.addr.to_string(), shown.0, shown.1);
+                }
             }
         }
 
@@ -645,29 +670,34 @@ impl Loop {
             .set(age.map_or(-1.0, |a| a as f64 / MICROS_PER_SEC as f64));
         if self.warmed_up {
             for (vip, specs) in writes {
-                let vip_text = vip.to_string();
                 for spec in &specs {
-                    self.metrics.backend_weight(
-                        &vip_text,
-                        &spec.addr.to_string(),
-                        if spec.down { 0 } else { spec.weight },
-                    );
+                    let weight = if spec.down { 0 } else { spec.weight };
+                    if self.shown_weights.insert((vip, spec.addr), weight) != Some(weight) {
+                        self.metrics.backend_weight(
+                            &vip.to_string(),
+                            &spec.addr.to_string(),
+                            weight,
+                        );
+                    }
                 }
                 match self.steering.program(vip, &specs) {
-                    Ok(Programmed::Unchanged) => self.metrics.map_update("unchanged"),
+                    Ok(Programmed::Unchanged) => self.metrics.map_update(MapUpdate::Unchanged),
                     Ok(Programmed::Written {
                         changed,
                         table_swapped,
                     }) => {
-                        self.metrics
-                            .map_update(if changed { "written" } else { "unchanged" });
+                        self.metrics.map_update(if changed {
+                            MapUpdate::Written
+                        } else {
+                            MapUpdate::Unchanged
+                        });
                         if table_swapped {
                             self.metrics.table_swaps.inc();
                         }
                     }
                     Ok(Programmed::NoSteering) => {}
                     Err(err) => {
-                        self.metrics.map_update("error");
+                        self.metrics.map_update(MapUpdate::Error);
                         tracing::warn!(%vip, error = %err, "cannot program the pool");
                     }
                 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::clock::{MICROS_PER_MS, MICROS_PER_SEC, Micros};
 use crate::scheduling::CostParams;
+use crate::telemetry::EndpointLoad;
 
 /// The weight written for a pool's best backend; the others get their share of it.
 pub const WEIGHT_SCALE: u32 = 1000;
@@ -64,6 +65,20 @@ pub struct LoadReading {
     /// Requests known to have been sent since the sample (the EPP's in-flight accounting):
     /// counted as queued.
     pub sent_since_sample: u32,
+}
+
+impl LoadReading {
+    /// A scraped sample, with nothing known to have been sent since.
+    pub fn of(load: &EndpointLoad) -> Self {
+        Self {
+            waiting: load.waiting,
+            running: load.running,
+            kv_usage: load.kv_cache_usage,
+            engine_hit: load.prefix_cache_hit_rate,
+            sampled_at: load.sampled_at,
+            sent_since_sample: 0,
+        }
+    }
 }
 
 /// Why a backend gets no new connections. Ordered from least to most severe: when every
@@ -153,6 +168,16 @@ impl BackendScore {
     /// Gets connections: not drained, or kept as the least bad.
     pub fn eligible(&self) -> bool {
         self.drain.is_none() || self.kept
+    }
+
+    /// Its weight on its own (before any blend): the score scaled to [`WEIGHT_SCALE`], at least
+    /// 1 when eligible, 0 when not.
+    pub fn weight(&self) -> u32 {
+        if self.eligible() {
+            ((f64::from(WEIGHT_SCALE) * self.score).round() as u32).clamp(1, WEIGHT_SCALE)
+        } else {
+            0
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::endpoints::LocalEndpoint;
 use super::gpus::{GpuSource, GpuTracker};
-use super::score::{BackendInputs, LoadReading, ScoreParams, WEIGHT_SCALE, score_pool};
+use super::score::{BackendInputs, LoadReading, ScoreParams, score_pool};
 use super::verdict::{ScrapeFailure, VerdictParams, drain_for, throttled};
 use super::view::{GpuView, health_reason, health_state};
 use crate::clock::{Clock, Micros};
@@ -141,14 +141,7 @@ pub async fn take(
         let load = scraped.as_ref().ok();
         inputs.push(BackendInputs {
             addr,
-            load: load.map(|l| LoadReading {
-                waiting: l.waiting,
-                running: l.running,
-                kv_usage: l.kv_cache_usage,
-                engine_hit: l.prefix_cache_hit_rate,
-                sampled_at: l.sampled_at,
-                sent_since_sample: 0,
-            }),
+            load: load.map(LoadReading::of),
             throttled: throttled(&views, now, &params),
             live_connections: connections.get(&addr).copied(),
             drain: drain.clone(),
@@ -172,11 +165,7 @@ pub async fn take(
     let scores = score_pool(&inputs, now, &ScoreParams::default());
     for (line, score) in lines.iter_mut().zip(&scores.backends) {
         line.score = score.score;
-        line.weight = if score.eligible() {
-            ((f64::from(WEIGHT_SCALE) * score.score).round() as u32).max(1)
-        } else {
-            0
-        };
+        line.weight = score.weight();
     }
     let gpus = tracker
         .views()

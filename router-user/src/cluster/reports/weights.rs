@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 
 use crate::agent::proto::{BackendWeight, PoolWeights};
-use crate::agent::score::{
-    BackendInputs, Drain, DrainKind, LoadReading, ScoreParams, WEIGHT_SCALE, score_pool,
-};
+use crate::agent::score::{BackendInputs, Drain, DrainKind, LoadReading, ScoreParams, score_pool};
 use crate::clock::Micros;
 use crate::cluster::{Health, Snapshot, SnapshotEndpoint};
 use crate::scheduling::{GpuHealthParams, gpu_fault};
@@ -84,11 +82,7 @@ pub fn compute_weights(
                 };
                 BackendWeight {
                     address: score.addr.to_string(),
-                    weight: if eligible {
-                        ((f64::from(WEIGHT_SCALE) * score.score).round() as u32).max(1)
-                    } else {
-                        0
-                    },
+                    weight: score.weight(),
                     down: !eligible,
                     reason,
                 }

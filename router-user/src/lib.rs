@@ -1,6 +1,7 @@
 //! Switchyard: a GPU-aware inference router for Kubernetes.
 //!
 //! The library holds every part; `main.rs` only calls [`cli::main`]. Modules by concept:
+//! - [`agent`]: the node agent (scores, dataplane programming, node reports to the EPP).
 //! - [`bench`]: `switchyard bench ...` measurements (figures in `docs/benchmarks.md`).
 //! - [`dataplane`]: eBPF connect-time steering (load, pin, program pools, read counts).
 //! - [`demo`]: `switchyard demo`, a self-contained dataplane demo.
@@ -15,6 +16,7 @@
 //! - [`extproc`]: the Envoy ext-proc endpoint picker (`switchyard epp`).
 //! - [`proxy`]: the standalone OpenAI-compatible proxy (`switchyard proxy`).
 //! - [`cli`]: the `switchyard` command line.
+pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod clock;

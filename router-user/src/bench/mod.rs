@@ -1,5 +1,6 @@
 //! `switchyard bench ...`: measurements whose figures go into `docs/benchmarks.md`.
 //! Timings are measured here, never asserted in tests.
+pub mod agent;
 pub mod dataplane;
 pub mod extproc;
 
@@ -17,6 +18,9 @@ pub enum BenchCommand {
     Dataplane(dataplane::DataplaneBenchArgs),
     /// Latency and CPU the ext-proc endpoint picker adds per request (loopback, open loop).
     Extproc(extproc::ExtprocBenchArgs),
+    /// The node agent: its CPU per endpoint and how fast a load change reaches the kernel's
+    /// map (root for the latency).
+    Agent(agent::AgentBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -26,5 +30,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Extproc(args) => tokio::task::spawn_blocking(move || extproc::run(args))
             .await
             .map_err(|err| anyhow::anyhow!("benchmark thread failed: {err}"))?,
+        BenchCommand::Agent(args) => agent::run(args).await,
     }
 }

@@ -20,6 +20,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The node agent: scores model servers and GPUs, programs the eBPF dataplane, reports to
+    /// the EPP. `agent snapshot` prints one reading.
+    Agent(Box<crate::agent::cli::AgentArgs>),
     /// eBPF connect-time steering: attach programs, program pools, show live connection counts.
     Dataplane(crate::dataplane::cli::DataplaneArgs),
     /// Print the CustomResourceDefinitions (InferencePool, InferenceObjective) as YAML.
@@ -64,6 +67,7 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Agent(args) => crate::agent::cli::run(*args).await,
         Command::Dataplane(args) => crate::dataplane::cli::run(args).await,
         Command::Crdgen(args) => crate::k8s::cli::run_crdgen(args),
         Command::Bench(args) => crate::bench::run(args).await,

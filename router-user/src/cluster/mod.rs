@@ -10,6 +10,7 @@
 mod endpoint;
 mod inflight;
 mod live;
+pub mod reports;
 mod snapshot;
 mod table;
 

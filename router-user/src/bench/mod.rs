@@ -1,6 +1,9 @@
 //! `switchyard bench ...`: measurements whose figures go into `docs/benchmarks.md`.
 //! Timings are measured here, never asserted in tests.
 pub mod dataplane;
+pub mod metrics;
+pub mod sim;
+pub mod workload;
 
 use clap::{Args, Subcommand};
 

@@ -7,6 +7,7 @@ use switchyard::bench::{
 fn tiny_config(seed: u64) -> SimConfig {
     SimConfig {
         servers: 3,
+        warmup: 0.0,
         seed,
         ..SimConfig::default()
     }

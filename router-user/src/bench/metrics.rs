@@ -71,7 +71,12 @@ pub struct Recorder {
     first_arrival: Option<Micros>,
     last_finish: Option<Micros>,
     finishes: Vec<Micros>,
+    /// Output tokens produced per [`TIMELINE_BUCKET`] of time.
+    timeline: Vec<u32>,
 }
+
+/// Width of one bucket of the output-token timeline.
+pub const TIMELINE_BUCKET: Micros = 100_000;
 
 impl Default for Recorder {
     fn default() -> Self {
@@ -96,6 +101,7 @@ impl Recorder {
             first_arrival: None,
             last_finish: None,
             finishes: Vec::new(),
+            timeline: Vec::new(),
         }
     }
 
@@ -107,6 +113,34 @@ impl Recorder {
 
     pub fn first_token(&mut self, sent: Micros, at: Micros) {
         self.ttft.saturating_record(at.saturating_sub(sent).max(1));
+    }
+
+    /// An output token was produced at `at` (every token, the first included).
+    pub fn output_token(&mut self, at: Micros) {
+        let bucket = (at / TIMELINE_BUCKET) as usize;
+        if bucket >= self.timeline.len() {
+            self.timeline.resize(bucket + 1, 0);
+        }
+        self.timeline[bucket] += 1;
+    }
+
+    /// Output tokens per second produced between `from` and `to` (whole buckets).
+    pub fn output_rate(&self, from: Micros, to: Micros) -> f64 {
+        let (first, last) = (
+            (from / TIMELINE_BUCKET) as usize,
+            (to / TIMELINE_BUCKET) as usize,
+        );
+        if last <= first {
+            return 0.0;
+        }
+        let tokens: u64 = self
+            .timeline
+            .iter()
+            .skip(first)
+            .take(last - first)
+            .map(|&count| u64::from(count))
+            .sum();
+        tokens as f64 / ((last - first) as u64 * TIMELINE_BUCKET) as f64 * MICROS_PER_SEC as f64
     }
 
     /// Gap between two consecutive output tokens of one request.
@@ -207,6 +241,12 @@ mod tests {
         }
         recorder.sent(5);
         recorder.rejected();
+        for at in [50_000, 150_000, 160_000, 350_000] {
+            recorder.output_token(at);
+        }
+        assert_eq!(recorder.output_rate(0, 200_000), 15.0);
+        assert_eq!(recorder.output_rate(100_000, 400_000), 10.0);
+        assert_eq!(recorder.output_rate(100_000, 100_000), 0.0);
         let metrics = recorder.summary(3);
         assert_eq!(
             (metrics.requests, metrics.completed, metrics.rejected_429),

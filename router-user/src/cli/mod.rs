@@ -24,7 +24,8 @@ pub enum Command {
     Dataplane(crate::dataplane::cli::DataplaneArgs),
     /// Print the CustomResourceDefinitions (InferencePool, InferenceObjective) as YAML.
     Crdgen(crate::k8s::cli::CrdgenArgs),
-    /// Measurements: `bench dataplane` (connect cost of steering).
+    /// Measurements: `bench dataplane` (connect cost of steering), `bench sim` (routing
+    /// policies on a simulated cluster), `bench pick` (scheduler latency).
     Bench(crate::bench::BenchArgs),
     /// Self-contained demo (root): steer a weighted pool in a temporary cgroup and show where
     /// connections went.

@@ -40,6 +40,8 @@ pub(crate) struct Candidate {
     pub lora: f32,
     /// The engine's own recent prefix-cache hit rate (NaN when it does not report one).
     pub engine_hit: f32,
+    /// Prompt tokens this router sent that the endpoint has probably not computed yet.
+    pub backlog: f32,
     /// Σ weight × value of the scorers that need no pool statistics (filled in the first pass).
     pub partial: f32,
     /// TTFT cost: filled in the first pass for fresh endpoints (NaN until then), after the
@@ -322,12 +324,14 @@ pub(crate) fn gpu(candidate: &Candidate, params: &GpuScorerParams) -> f64 {
 pub(crate) fn ttft_cost_fresh(
     candidate: &Candidate,
     prefix_hit: f64,
+    input_tokens: u32,
     params: &CostParams,
 ) -> Option<f64> {
     candidate.fresh().then(|| {
         cost_model(
             candidate,
             prefix_hit,
+            input_tokens,
             f64::from(candidate.queue),
             f64::from(candidate.running),
             f64::from(candidate.kv),
@@ -343,6 +347,7 @@ pub(crate) fn ttft_cost_unknown(
     candidate: &Candidate,
     stats: &Stats,
     prefix_hit: f64,
+    input_tokens: u32,
     params: &CostParams,
 ) -> f64 {
     let worst = |range: &Range, fallback: f64| {
@@ -355,6 +360,7 @@ pub(crate) fn ttft_cost_unknown(
     cost_model(
         candidate,
         prefix_hit,
+        input_tokens,
         worst(&stats.fresh_queue, 0.0) + f64::from(candidate.inflight),
         worst(&stats.fresh_running, 0.0),
         worst(&stats.fresh_kv, params.kv_soft_limit),
@@ -366,6 +372,7 @@ pub(crate) fn ttft_cost_unknown(
 fn cost_model(
     candidate: &Candidate,
     prefix_hit: f64,
+    input_tokens: u32,
     queue: f64,
     running: f64,
     kv: f64,
@@ -383,6 +390,7 @@ fn cost_model(
     } else {
         f64::from(candidate.engine_hit)
     };
+    let backlog = f64::from(candidate.backlog) / f64::from(input_tokens.max(1));
     cost(
         prefix_hit,
         queued_hit,
@@ -391,7 +399,7 @@ fn cost_model(
         kv_pressure(kv, params),
         slowdown,
         params,
-    )
+    ) + slowdown * params.backlog_cost * backlog
 }
 
 /// KV usage above the soft limit, scaled to 0..=1 at a full cache.
@@ -442,7 +450,7 @@ pub(crate) fn oracle_cost(
         kv_pressure,
         1.0,
         params,
-    )
+    ) + params.backlog_cost * exact.pending_prefill_tokens as f64 / prompt
 }
 
 /// Lower cost is better: `(min + smoothing) / (cost + smoothing)`, 1 for the cheapest.

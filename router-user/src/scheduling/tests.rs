@@ -719,12 +719,14 @@ fn switchyard_trades_prefix_against_queue() {
         input_tokens: 6_400,
         ..SchedulingRequest::new("m")
     };
-    // addr(1) holds half of the prompt; addr(2) nothing.
+    // addr(1) holds half of the prompt (from an earlier request whose prefill is long done);
+    // addr(2) nothing.
+    let earlier = NOW - 10 * crate::clock::MICROS_PER_SEC;
     let half = SchedulingRequest {
         prefix: &blocks[..50],
         ..request
     };
-    scheduler.on_routed(&half, addr(1), NOW);
+    scheduler.on_routed(&half, addr(1), earlier);
     set_load(&table, addr(1), 0, 0.3);
     set_load(&table, addr(2), 0, 0.3);
     let snapshot = table.snapshot();
@@ -744,7 +746,7 @@ fn switchyard_trades_prefix_against_queue() {
         prefix: &blocks[..90],
         ..request
     };
-    scheduler.on_routed(&mostly, addr(1), NOW);
+    scheduler.on_routed(&mostly, addr(1), earlier);
     set_load(&table, addr(1), 3, 0.3);
     assert_eq!(pick(&scheduler, &request, &snapshot), addr(1));
     // ... but not a long one (0.1 + 12 × 0.1 = 1.3).
@@ -769,6 +771,7 @@ fn oracle_ranks_by_exact_state() {
         running: 2,
         kv_free_tokens: 100_000,
         cached_prefix_tokens: cached,
+        pending_prefill_tokens: 0,
     };
     let source = FixedState(HashMap::from([
         (addr(1), state(2, 1_000)),

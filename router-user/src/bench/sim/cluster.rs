@@ -34,6 +34,14 @@ const ARRIVAL: u8 = 2;
 /// Iterations at one timestamp after which the loop is declared stuck (a bug guard).
 const MAX_ITERATIONS_AT_ONE_TIME: u32 = 1_000_000;
 
+#[derive(Clone, Copy)]
+enum Failure {
+    /// 429: sheddable and the pool is saturated.
+    Rejected,
+    /// No endpoint, or the engine refused the request.
+    Error,
+}
+
 struct Server {
     addr: SocketAddr,
     engine: Engine,
@@ -42,6 +50,9 @@ struct Server {
     /// Reports a thermally throttled GPU.
     throttled: bool,
     routed: u64,
+    /// Requests without a first token yet, with prompt and cached tokens at submission (kept
+    /// only for the oracle: its prefill backlog).
+    prefilling: Vec<(u64, u32, u32)>,
 }
 
 #[derive(Default)]
@@ -49,6 +60,9 @@ struct RequestState {
     sent: Micros,
     last_token: Micros,
     guard: Option<Inflight>,
+    /// Sent after the warm-up: its figures count.
+    measured: bool,
+    server: u32,
 }
 
 pub(super) struct Cluster<'w> {
@@ -65,6 +79,8 @@ pub(super) struct Cluster<'w> {
     /// Follow-up requests of each request (the next turn of its chat), with their think time.
     followers: Vec<Vec<(u32, Micros)>>,
     recorder: Recorder,
+    /// Requests sent from this time on are measured (the earlier ones warm the caches).
+    measure_from: Micros,
     outstanding: usize,
     events: Vec<EngineEvent>,
 }
@@ -111,6 +127,7 @@ impl<'w> Cluster<'w> {
                     next_at: None,
                     throttled: slowdown.is_some(),
                     routed: 0,
+                    prefilling: Vec::new(),
                 }
             })
             .collect();
@@ -140,6 +157,7 @@ impl<'w> Cluster<'w> {
                 .collect(),
             followers,
             recorder: Recorder::new(),
+            measure_from: 0,
             outstanding: workload.requests.len(),
             events: Vec::with_capacity(1024),
         })
@@ -163,6 +181,10 @@ impl<'w> Cluster<'w> {
                 index as u32,
             )));
         }
+        let mut sorted = arrivals.to_vec();
+        sorted.sort_unstable();
+        let warmup = (self.config.warmup * sorted.len() as f64).floor() as usize;
+        self.measure_from = sorted.get(warmup).copied().unwrap_or(0);
         let workload = self.workload;
         for request in &workload.requests {
             if let Start::Open(slot) = request.start {
@@ -256,12 +278,23 @@ impl<'w> Cluster<'w> {
             EngineEvent::FirstToken { id, at, .. } => {
                 let state = &mut self.states[id as usize];
                 state.last_token = at;
-                self.recorder.first_token(state.sent, at);
+                if self.exact.is_some() {
+                    let prefilling = &mut self.servers[state.server as usize].prefilling;
+                    prefilling.retain(|&(other, _, _)| other != id);
+                }
+                if state.measured {
+                    self.recorder.first_token(state.sent, at);
+                }
+                // The token timeline counts every request: it measures the cluster's output.
+                self.recorder.output_token(at);
             }
             EngineEvent::Token { id, at, generated } => {
                 if generated > 1 {
                     let state = &mut self.states[id as usize];
-                    self.recorder.token_gap(at.saturating_sub(state.last_token));
+                    if state.measured {
+                        self.recorder.token_gap(at.saturating_sub(state.last_token));
+                    }
+                    self.recorder.output_token(at);
                     state.last_token = at;
                 }
             }
@@ -272,7 +305,7 @@ impl<'w> Cluster<'w> {
                 usage,
             } => {
                 let state = &mut self.states[id as usize];
-                let sent = state.sent;
+                let (sent, measured) = (state.sent, state.measured);
                 if let Some(guard) = state.guard.take() {
                     guard.complete(&TokenUsage {
                         prompt_tokens: u64::from(usage.prompt_tokens),
@@ -281,17 +314,18 @@ impl<'w> Cluster<'w> {
                     });
                 }
                 if reason == FinishReason::Abort {
-                    self.recorder.failed();
-                    self.resolve_failed(id as u32);
+                    self.fail(id as u32, Failure::Error);
                     return;
                 }
-                self.recorder.completed(
-                    sent,
-                    at,
-                    u64::from(usage.prompt_tokens),
-                    u64::from(usage.cached_tokens),
-                    u64::from(usage.completion_tokens),
-                );
+                if measured {
+                    self.recorder.completed(
+                        sent,
+                        at,
+                        u64::from(usage.prompt_tokens),
+                        u64::from(usage.cached_tokens),
+                        u64::from(usage.completion_tokens),
+                    );
+                }
                 self.outstanding -= 1;
                 let followers = std::mem::take(&mut self.followers[id as usize]);
                 for &(follower, think) in &followers {
@@ -303,11 +337,20 @@ impl<'w> Cluster<'w> {
     }
 
     /// A request ended without completing: it and every later turn of its chat are done.
-    fn resolve_failed(&mut self, id: u32) {
+    fn fail(&mut self, id: u32, failure: Failure) {
+        let measured = self.states[id as usize].measured;
+        if measured {
+            match failure {
+                Failure::Rejected => self.recorder.rejected(),
+                Failure::Error => self.recorder.failed(),
+            }
+        }
         self.outstanding -= 1;
         let mut pending = std::mem::take(&mut self.followers[id as usize]);
         while let Some((follower, _)) = pending.pop() {
-            self.recorder.abandoned();
+            if measured {
+                self.recorder.abandoned();
+            }
             self.outstanding -= 1;
             pending.append(&mut self.followers[follower as usize]);
         }
@@ -337,8 +380,13 @@ impl<'w> Cluster<'w> {
     fn arrive(&mut self, id: u32, now: Micros) {
         let workload = self.workload;
         let request = &workload.requests[id as usize];
-        self.recorder.sent(now);
-        self.states[id as usize].sent = now;
+        let measured = now >= self.measure_from;
+        if measured {
+            self.recorder.sent(now);
+        }
+        let state = &mut self.states[id as usize];
+        state.sent = now;
+        state.measured = measured;
         let blocks = self.scheduler.hash_tokens(MODEL, &request.prompt);
         let sheddable = self.is_sheddable(request.id);
         let routing = SchedulingRequest {
@@ -356,7 +404,9 @@ impl<'w> Cluster<'w> {
                 self.advance(index, now);
             }
             exact.prepare(
-                self.servers.iter().map(|server| &server.engine),
+                self.servers
+                    .iter()
+                    .map(|server| (&server.engine, pending_prefill(server))),
                 &request.prompt,
                 request.lora.as_deref(),
             );
@@ -367,21 +417,18 @@ impl<'w> Cluster<'w> {
         {
             Ok(decision) => decision,
             Err(PickError::Saturated { .. }) => {
-                self.recorder.rejected();
-                self.resolve_failed(id);
+                self.fail(id, Failure::Rejected);
                 return;
             }
             Err(PickError::NoEndpoints(_)) => {
-                self.recorder.failed();
-                self.resolve_failed(id);
+                self.fail(id, Failure::Error);
                 return;
             }
         };
         let guard = self.scheduler.route(&decision, &routing, &self.snapshot);
         let Some(index) = server_index(&decision.primary()).filter(|&i| i < self.servers.len())
         else {
-            self.recorder.failed();
-            self.resolve_failed(id);
+            self.fail(id, Failure::Error);
             return;
         };
         self.advance(index, now);
@@ -398,12 +445,21 @@ impl<'w> Cluster<'w> {
             Ok(()) => {
                 server.routed += 1;
                 server.next_at = server.engine.next_event_at();
-                self.states[id as usize].guard = guard;
+                if self.exact.is_some() {
+                    let cached = server
+                        .engine
+                        .cached_prefix_tokens(&request.prompt, request.lora.as_deref());
+                    server
+                        .prefilling
+                        .push((request.id, request.prompt.len() as u32, cached));
+                }
+                let state = &mut self.states[id as usize];
+                state.guard = guard;
+                state.server = index as u32;
             }
             Err(_) => {
                 // The engine refused it (context length, KV size): a 400 from a real server.
-                self.recorder.failed();
-                self.resolve_failed(id);
+                self.fail(id, Failure::Error);
             }
         }
     }
@@ -417,4 +473,19 @@ impl<'w> Cluster<'w> {
         let draw = crate::sim::tokens::mix64(self.config.seed ^ 0x5ed0_ab1e ^ id);
         (draw as f64 / u64::MAX as f64) < share
     }
+}
+
+/// Prompt tokens `server` has yet to compute for its requests without a first token.
+fn pending_prefill(server: &Server) -> u64 {
+    server
+        .prefilling
+        .iter()
+        .map(|&(id, prompt, cached)| {
+            let computed = server
+                .engine
+                .request_state(id)
+                .map_or(0, |state| state.computed_tokens);
+            u64::from(prompt.saturating_sub(computed.max(cached)))
+        })
+        .sum()
 }

@@ -21,19 +21,21 @@ pub(crate) struct EngineStates {
 }
 
 impl EngineStates {
+    /// `engines` pairs each engine with the prompt tokens it has yet to compute.
     pub fn prepare<'e>(
         &self,
-        engines: impl Iterator<Item = &'e Engine>,
+        engines: impl Iterator<Item = (&'e Engine, u64)>,
         prompt: &[u32],
         lora: Option<&str>,
     ) {
         let mut states = self.states.lock();
         states.clear();
-        states.extend(engines.map(|engine| ExactState {
+        states.extend(engines.map(|(engine, pending)| ExactState {
             waiting: engine.num_waiting() as u32,
             running: engine.num_running() as u32,
             kv_free_tokens: u64::from(engine.num_free_blocks()) * u64::from(engine.block_size()),
             cached_prefix_tokens: engine.cached_prefix_tokens(prompt, lora),
+            pending_prefill_tokens: pending,
         }));
     }
 }

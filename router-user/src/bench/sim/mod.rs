@@ -16,13 +16,16 @@
 //! [`EndpointTable`]: crate::cluster::EndpointTable
 //! [`Inflight`]: crate::cluster::Inflight
 //! [`ExactStateSource`]: crate::scheduling::ExactStateSource
+pub mod cli;
 mod cluster;
 mod exact;
 mod policy;
+pub mod sweep;
 
 use std::net::SocketAddr;
 
 pub use policy::{Policy, PolicyError};
+pub use sweep::{RateGrid, RunLength, SweepOutput, SweepPlan, estimate_capacity, run_sweep};
 
 use super::{
     metrics::{Recorder, RunMetrics},
@@ -48,6 +51,9 @@ pub struct SimConfig {
     /// Share of requests marked sheddable (priority −1): dropped with 429 when every endpoint
     /// is saturated.
     pub sheddable_share: f64,
+    /// Share of the open-loop arrivals, the earliest, that only warm the caches: they are
+    /// routed and served but not measured (a router in production runs with warm caches).
+    pub warmup: f64,
     /// Seeds the arrival times, the scheduler's draws and which requests are sheddable (the
     /// workload's content comes from the seed it was generated with, normally the same).
     pub seed: u64,
@@ -62,6 +68,7 @@ impl Default for SimConfig {
             load_interval: 50 * MICROS_PER_MS,
             gpu_interval: 50 * MICROS_PER_MS,
             sheddable_share: 0.0,
+            warmup: 0.1,
             seed: 0,
             profile: Profile::default(),
         }
@@ -81,6 +88,12 @@ impl SimConfig {
                 "sample intervals must be positive".to_owned(),
             ));
         }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return Err(SimError::Invalid(format!(
+                "warm-up share must be within 0..1, got {}",
+                self.warmup
+            )));
+        }
         if !(0.0..=1.0).contains(&self.sheddable_share) {
             return Err(SimError::Invalid(format!(
                 "sheddable share must be within 0..=1, got {}",
@@ -99,11 +112,15 @@ pub enum SimError {
     Invalid(String),
     #[error("policy `{policy}`: {source}")]
     Policy { policy: String, source: ConfigError },
+    #[error(transparent)]
+    UnknownPolicy(#[from] PolicyError),
     #[error(
         "the simulation stalled at {at} µs with {outstanding} requests unfinished (an engine \
          has queued work it cannot schedule)"
     )]
     Stalled { at: Micros, outstanding: usize },
+    #[error("workload `{workload}`: {reason}")]
+    Workload { workload: String, reason: String },
     #[error("workload `{workload}` has {requests} requests but {arrivals} arrival times")]
     Arrivals {
         workload: String,

@@ -16,6 +16,7 @@ fn tiny_shared_prefix() -> Workload {
 fn config(servers: usize) -> SimConfig {
     SimConfig {
         servers,
+        warmup: 0.0,
         ..SimConfig::default()
     }
 }
@@ -43,6 +44,37 @@ fn every_request_completes_and_is_counted() {
         assert!(metrics.prefix_hit_rate.is_some_and(|h| h > 0.0), "{name}");
         assert!(metrics.throughput_rps > 0.0, "{name}");
     }
+}
+
+#[test]
+fn warm_up_requests_are_served_but_not_measured() {
+    let workload = tiny_shared_prefix();
+    let policy = Policy::builtin("least-request").expect("built-in");
+    let config = SimConfig {
+        warmup: 0.5,
+        ..config(2)
+    };
+    let outcome = simulate(
+        &workload,
+        &policy,
+        &workload.arrival_times(10.0, 1),
+        &config,
+    )
+    .expect("ran");
+    assert_eq!(outcome.metrics.requests, 30);
+    assert_eq!(outcome.metrics.completed, 30);
+    assert_eq!(outcome.routed.iter().sum::<u64>(), 60, "all were served");
+    let err = run_at_rate(
+        &workload,
+        &policy,
+        1.0,
+        &SimConfig {
+            warmup: 1.0,
+            ..config
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("warm-up"), "{err}");
 }
 
 #[test]

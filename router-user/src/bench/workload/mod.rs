@@ -353,6 +353,25 @@ impl Workload {
         self.arrivals.times(self.open as usize, rate * share, seed)
     }
 
+    /// The first `n` requests (generation is prefix-stable: a chat's turns follow its first,
+    /// so a head never holds a turn without the turns before it).
+    pub fn head(&self, n: usize) -> Workload {
+        let requests: Vec<Request> = self.requests.iter().take(n).cloned().collect();
+        let open = requests
+            .iter()
+            .filter(|r| matches!(r.start, Start::Open(_)))
+            .count() as u32;
+        Workload {
+            name: self.name.clone(),
+            spec: self.spec.clone(),
+            requests,
+            open,
+            arrivals: self.arrivals.clone(),
+            cluster: self.cluster.clone(),
+            output_seed: self.output_seed,
+        }
+    }
+
     /// Prompt plus output tokens over all requests.
     pub fn total_tokens(&self) -> u64 {
         self.requests

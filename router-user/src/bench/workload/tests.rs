@@ -56,6 +56,24 @@ fn same_seed_same_workload() {
 }
 
 #[test]
+fn generation_is_prefix_stable() {
+    for kind in WorkloadKind::ALL {
+        let spec = WorkloadSpec::default_for(kind);
+        let long = spec.generate(50, 2).expect("valid");
+        let short = spec.generate(20, 2).expect("valid");
+        let head = long.head(20);
+        assert_eq!(head.open, short.open, "{kind}");
+        for (a, b) in head.requests.iter().zip(&short.requests) {
+            assert_eq!(
+                (a.prompt.clone(), a.output_tokens, a.start),
+                (b.prompt.clone(), b.output_tokens, b.start),
+                "{kind}"
+            );
+        }
+    }
+}
+
+#[test]
 fn shared_prefix_requests_share_their_group_prompt() {
     let workload = generate(&small_shared_prefix(), 200);
     let mut by_prefix: HashMap<&[u32], usize> = HashMap::new();

@@ -4,6 +4,7 @@
 //! them today, a live benchmark (real processes behind the proxy) can fill the same ones, and
 //! every tool downstream reads one schema ([`SCHEMA`], documented in `docs/bench.md`).
 mod markdown;
+mod plot;
 
 use std::{
     io::Write,
@@ -13,6 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use markdown::{markdown_report, ttft_p90_table};
+pub use plot::{PlotFiles, plot_workload};
 
 use super::metrics::RunMetrics;
 

@@ -121,3 +121,19 @@ fn files_are_written_with_their_directories() {
             .contains(SCHEMA)
     );
 }
+
+#[test]
+fn plots_are_drawn_as_png_and_svg() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = sample_report();
+    let files = plot_workload(&report, &report.workloads[0], dir.path()).expect("drawn");
+    assert_eq!(files.png_name, "shared-prefix.png");
+    let png = std::fs::read(&files.png).expect("png written");
+    assert_eq!(&png[1..4], b"PNG");
+    let svg = std::fs::read_to_string(&files.svg).expect("svg written");
+    assert!(
+        svg.contains("<svg") && svg.contains("switchyard"),
+        "legend names the policies"
+    );
+    assert!(svg.contains("TTFT p90"));
+}

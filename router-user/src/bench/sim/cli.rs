@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     bench::{
-        report::{ClusterInfo, Meta, Report, SCHEMA, markdown_report, write_file},
+        report::{ClusterInfo, Meta, Report, SCHEMA, markdown_report, plot_workload, write_file},
         workload::{TraceParams, WorkloadKind, WorkloadSpec},
     },
     clock::Micros,
@@ -125,6 +125,9 @@ pub struct SimBenchArgs {
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Skip the PNG/SVG plots.
+    #[arg(long)]
+    pub no_plots: bool,
     #[command(flatten)]
     pub shape: WorkloadFlags,
 }
@@ -360,7 +363,7 @@ pub async fn run(args: SimBenchArgs) -> anyhow::Result<()> {
         workloads: output.workloads,
         records: output.records,
     };
-    write_outputs(&report, &args.out, args.json.as_deref())?;
+    write_outputs(&report, &args.out, args.json.as_deref(), !args.no_plots)?;
     println!(
         "{} runs in {wall_time_s:.1} s on {} threads (rates calibrated with `{CALIBRATION_POLICY}` \
          unless --rates was given)",
@@ -378,12 +381,25 @@ pub async fn run(args: SimBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_outputs(report: &Report, out: &Path, json: Option<&Path>) -> anyhow::Result<()> {
+/// results.json, the plots, report.md (linking the plots), and the extra JSON copy.
+pub fn write_outputs(
+    report: &Report,
+    out: &Path,
+    json: Option<&Path>,
+    plots: bool,
+) -> anyhow::Result<()> {
     report.write_json(&out.join("results.json"))?;
     if let Some(path) = json {
         report.write_json(path)?;
     }
-    let text = markdown_report(report, &|_| None);
+    let mut images = std::collections::HashMap::new();
+    if plots {
+        for workload in &report.workloads {
+            let files = plot_workload(report, workload, out)?;
+            images.insert(workload.name.clone(), files.png_name);
+        }
+    }
+    let text = markdown_report(report, &|name| images.get(name).cloned());
     write_file(&out.join("report.md"), text.as_bytes())?;
     Ok(())
 }

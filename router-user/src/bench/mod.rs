@@ -3,6 +3,11 @@
 pub mod agent;
 pub mod dataplane;
 pub mod extproc;
+pub mod metrics;
+pub mod pick;
+pub mod report;
+pub mod sim;
+pub mod workload;
 
 use clap::{Args, Subcommand};
 
@@ -21,6 +26,11 @@ pub enum BenchCommand {
     /// The node agent: its CPU per endpoint and how fast a load change reaches the kernel's
     /// map (root for the latency).
     Agent(agent::AgentBenchArgs),
+    /// Routing policies side by side on a simulated cluster (virtual time): latency and
+    /// throughput against request rate, markdown + JSON + plots.
+    Sim(Box<sim::cli::SimBenchArgs>),
+    /// `Scheduler::pick` latency at 16, 256 and 2,048 endpoints.
+    Pick(pick::PickBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -31,5 +41,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
             .map_err(|err| anyhow::anyhow!("benchmark thread failed: {err}"))?,
         BenchCommand::Agent(args) => agent::run(args).await,
+        BenchCommand::Sim(args) => sim::cli::run(*args).await,
+        BenchCommand::Pick(args) => pick::run(args).await,
     }
 }

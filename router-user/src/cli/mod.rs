@@ -27,7 +27,9 @@ pub enum Command {
     Dataplane(crate::dataplane::cli::DataplaneArgs),
     /// Print the CustomResourceDefinitions (InferencePool, InferenceObjective) as YAML.
     Crdgen(crate::k8s::cli::CrdgenArgs),
-    /// Measurements: `bench dataplane` (connect cost of steering), `bench extproc` (endpoint-picker latency and CPU).
+    /// Measurements: `bench sim` (routing policies on a simulated cluster), `bench pick`
+    /// (scheduler latency), `bench extproc` (endpoint-picker latency and CPU), `bench agent`
+    /// (agent CPU and change-to-map latency), `bench dataplane` (connect cost of steering).
     Bench(crate::bench::BenchArgs),
     /// Self-contained demo (root): steer a weighted pool in a temporary cgroup and show where
     /// connections went.

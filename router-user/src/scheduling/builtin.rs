@@ -96,9 +96,11 @@ schedulingProfiles:
 ";
 
 /// Switchyard's profile: the TTFT cost model (prefix affinity weighed against the queue it
-/// joins, with in-flight accounting between samples), KV headroom, GPU signals, LoRA and session
-/// affinity; sick GPUs filtered out; beyond 128 endpoints, the affine ones plus a random 128 are
-/// scored (power of d choices). See docs/scheduling.md.
+/// joins and the prefill work this router sent there, with in-flight accounting between
+/// samples), KV headroom, GPU signals, LoRA and session affinity; sick GPUs filtered out; beyond
+/// 128 endpoints, the affine ones plus a random 128 are scored (power of d choices). Weights and
+/// parameters were tuned in the cluster simulation (docs/benchmarks.md). See
+/// docs/scheduling.md.
 const SWITCHYARD: &str = "\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
@@ -114,8 +116,10 @@ plugins:
     runningCost: 0.001
     kvSoftLimit: 0.8
     kvCost: 4.0
-    throttleSlowdown: 0.25
+    throttleSlowdown: 0.5
     smoothing: 0.1
+    prefillTokensPerSecond: 30000
+    backlogCost: 1.0
 - type: kv-cache-utilization-scorer
 - type: gpu-scorer
 - type: lora-affinity-scorer
@@ -135,7 +139,7 @@ schedulingProfiles:
   - pluginRef: gpu-scorer
     weight: 1
   - pluginRef: lora-affinity-scorer
-    weight: 2
+    weight: 20
   - pluginRef: session-affinity-scorer
     weight: 1
   - pluginRef: max-score-picker

@@ -12,6 +12,9 @@ pub struct ExactState {
     pub kv_free_tokens: u64,
     /// Tokens of this request's prompt already in the endpoint's prefix cache.
     pub cached_prefix_tokens: u32,
+    /// Prompt tokens of queued or prefilling requests the engine has yet to compute (what the
+    /// `ttft-scorer` estimates as its prefill backlog).
+    pub pending_prefill_tokens: u64,
 }
 
 /// Source of [`ExactState`]; the cluster simulation implements it and attaches it with

@@ -23,6 +23,7 @@
 //! let guard = scheduler.route(&decision, &request, &snapshot); // released on drop
 //! # drop(guard);
 //! ```
+mod backlog;
 mod builtin;
 mod config;
 mod decision;

@@ -110,6 +110,11 @@ pub struct CostParams {
     pub throttle_slowdown: f64,
     /// Added to every cost before taking ratios, so near-zero costs do not look very different.
     pub smoothing: f64,
+    /// Prompt tokens per second an engine computes; the router's estimate of the prefill work it
+    /// sent to an endpoint drains at this rate. 0 turns the backlog term off.
+    pub prefill_tokens_per_second: f64,
+    /// Weight of the prefill backlog (tokens still to compute there / this prompt's tokens).
+    pub backlog_cost: f64,
 }
 
 impl Default for CostParams {
@@ -120,8 +125,10 @@ impl Default for CostParams {
             running_cost: 0.001,
             kv_soft_limit: 0.8,
             kv_cost: 4.0,
-            throttle_slowdown: 0.25,
+            throttle_slowdown: 0.5,
             smoothing: 0.1,
+            prefill_tokens_per_second: 30_000.0,
+            backlog_cost: 1.0,
         }
     }
 }
@@ -137,6 +144,8 @@ impl CostParams {
         }
         check_non_negative("kvCost", self.kv_cost)?;
         check_non_negative("throttleSlowdown", self.throttle_slowdown)?;
+        check_non_negative("prefillTokensPerSecond", self.prefill_tokens_per_second)?;
+        check_non_negative("backlogCost", self.backlog_cost)?;
         check_non_negative("smoothing", self.smoothing)?;
         if self.smoothing == 0.0 {
             return Err(bad("smoothing", "must be greater than 0"));

@@ -200,10 +200,11 @@ impl PrefixIndex {
         Some((id, slot))
     }
 
-    /// Records that `blocks` (a request's prefix) were routed to `addr`.
-    pub fn insert(&self, addr: SocketAddr, blocks: &[BlockHash]) {
+    /// Records that `blocks` (a request's prefix) were routed to `addr`; returns how many
+    /// leading blocks the endpoint was already known to hold (the predicted prefix hit).
+    pub fn insert(&self, addr: SocketAddr, blocks: &[BlockHash]) -> usize {
         if blocks.is_empty() {
-            return;
+            return 0;
         }
         let (id, endpoint) = self.endpoint(addr);
         let stamp = self.stamp.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +224,7 @@ impl PrefixIndex {
             }
             endpoint.len.store(lru.len(), Ordering::Relaxed);
         }
+        let leading = known.iter().take_while(|&&known| known).count();
         for (&hash, known) in blocks.iter().zip(known) {
             // A holder's stamp only matters once its block has a full holder set: a known block
             // below the cap needs no write.
@@ -245,6 +247,7 @@ impl PrefixIndex {
         for hash in evicted {
             self.remove_holder(hash, id);
         }
+        leading
     }
 
     /// A holder displaced from a block's capped set forgets the block in its LRU too.

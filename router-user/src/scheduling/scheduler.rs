@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::{
+    backlog::{PrefillBacklog, Slots},
     builtin,
     config::{CompiledProfile, ConfigError, EndpointPickerConfig, WeightedScorer},
     decision::{Contribution, Decision, EXPLAINED, NoEndpoints, PickError, RankedEndpoint},
@@ -84,6 +85,8 @@ pub struct Scheduler {
     prefix: Option<Arc<PrefixIndex>>,
     tree: Option<Arc<PrefixIndex>>,
     sessions: Option<Arc<SessionTable>>,
+    /// Prefill work sent per endpoint (the `ttft-scorer`'s backlog term).
+    backlog: Option<Arc<PrefillBacklog>>,
     exact: Option<Arc<dyn ExactStateSource>>,
     seed: u64,
     draws: AtomicU64,
@@ -195,6 +198,10 @@ impl Scheduler {
             ScorerKind::Ttft(params) => Some(params.clone()),
             _ => None,
         });
+        let backlog = ttft
+            .as_ref()
+            .filter(|params| params.prefill_tokens_per_second > 0.0)
+            .map(|params| Arc::new(PrefillBacklog::new(params.prefill_tokens_per_second)));
         let sample_size = profile
             .filters
             .iter()
@@ -215,6 +222,7 @@ impl Scheduler {
             prefix,
             tree,
             sessions,
+            backlog,
             exact: options.exact_state,
             seed: options.seed,
             draws: AtomicU64::new(0),
@@ -274,8 +282,13 @@ impl Scheduler {
     /// Records that `request` was routed to `addr` (the primary or a fallback it was retried
     /// on): teaches the prefix index, the cache-aware tree and the session table.
     pub fn on_routed(&self, request: &SchedulingRequest<'_>, addr: SocketAddr, now: Micros) {
-        if let Some(index) = &self.prefix {
-            index.insert(addr, request.prefix);
+        let known = self
+            .prefix
+            .as_ref()
+            .map_or(0, |index| index.insert(addr, request.prefix));
+        if let Some(backlog) = &self.backlog {
+            let hit = scoring::prefix_fraction(known as u32, request.prefix.len());
+            backlog.add(addr, f64::from(request.input_tokens) * (1.0 - hit), now);
         }
         if let Some(tree) = &self.tree {
             tree.insert(addr, request.prefix);
@@ -304,6 +317,9 @@ impl Scheduler {
     pub fn sync_members(&self, snapshot: &Snapshot) {
         for index in [&self.prefix, &self.tree].into_iter().flatten() {
             index.retain(|addr| snapshot.position(addr).is_some());
+        }
+        if let Some(backlog) = &self.backlog {
+            backlog.retain(|addr| snapshot.position(addr).is_some());
         }
     }
 
@@ -354,6 +370,7 @@ impl Scheduler {
             prefix_hits,
             tree_hits,
             session_position: session_position.map(|p| p as u32),
+            backlog_slots: self.backlog.as_ref().map(|backlog| backlog.load()),
             candidates,
             exact,
             stats: Stats::default(),
@@ -606,7 +623,13 @@ impl Scheduler {
             let fresh_stats = *stats;
             for candidate in candidates.iter_mut().filter(|c| c.ttft_cost.is_nan()) {
                 let hit = scoring::prefix_fraction(candidate.prefix_blocks, request.prefix.len());
-                let cost = scoring::ttft_cost_unknown(candidate, &fresh_stats, hit, params);
+                let cost = scoring::ttft_cost_unknown(
+                    candidate,
+                    &fresh_stats,
+                    hit,
+                    request.input_tokens,
+                    params,
+                );
                 candidate.ttft_cost = cost as f32;
                 stats.ttft_cost.add(f64::from(candidate.ttft_cost));
             }
@@ -871,6 +894,8 @@ struct Visitor<'a, 'r> {
     prefix_hits: &'a [(u32, u32)],
     tree_hits: &'a [(u32, u32)],
     session_position: Option<u32>,
+    /// The prefill backlog's array, loaded once per pick.
+    backlog_slots: Option<arc_swap::Guard<Arc<Slots>>>,
     candidates: &'a mut Vec<Candidate>,
     exact: &'a mut Vec<Option<ExactState>>,
     stats: Stats,
@@ -941,10 +966,15 @@ impl Visitor<'_, '_> {
                 .push(source.exact(self.snapshot.endpoints()[at].addr(), request));
         }
         candidate.partial = scheduler.partial_score(&candidate, request);
+        if let (Some(backlog), Some(slots)) = (&scheduler.backlog, &self.backlog_slots) {
+            let addr = self.snapshot.endpoints()[at].addr();
+            candidate.backlog = backlog.get(slots, at, &addr, self.now) as f32;
+        }
         if let Some(params) = &scheduler.ttft
             && let Some(cost) = scoring::ttft_cost_fresh(
                 &candidate,
                 scoring::prefix_fraction(candidate.prefix_blocks, request.prefix.len()),
+                request.input_tokens,
                 params,
             )
         {

@@ -38,8 +38,8 @@ pub(crate) struct Candidate {
     pub tree_blocks: u32,
     pub tree_size: u32,
     pub lora: f32,
-    /// The engine's own recent prefix-cache hit rate (NaN when it does not report one).
-    pub engine_hit: f32,
+    /// Prompt tokens this router sent that the endpoint has probably not computed yet.
+    pub backlog: f32,
     /// Σ weight × value of the scorers that need no pool statistics (filled in the first pass).
     pub partial: f32,
     /// TTFT cost: filled in the first pass for fresh endpoints (NaN until then), after the
@@ -89,7 +89,6 @@ pub(crate) fn read_live(
         inflight: hot.inflight,
         lora: 1.0,
         ttft_cost: f32::NAN,
-        engine_hit: f32::NAN,
         ..Candidate::default()
     };
     if hot.load_fresh(now, staleness) {
@@ -98,7 +97,6 @@ pub(crate) fn read_live(
         candidate.waiting = waiting as f32;
         candidate.running = hot.running() as f32;
         candidate.kv = hot.kv_usage();
-        candidate.engine_hit = hot.prefix_hit_rate().unwrap_or(f32::NAN);
         let since = i64::from(hot.inflight) - i64::from(hot.inflight_at_sample);
         candidate.queue = (i64::from(waiting) + since).max(0) as f32;
     }
@@ -322,12 +320,14 @@ pub(crate) fn gpu(candidate: &Candidate, params: &GpuScorerParams) -> f64 {
 pub(crate) fn ttft_cost_fresh(
     candidate: &Candidate,
     prefix_hit: f64,
+    input_tokens: u32,
     params: &CostParams,
 ) -> Option<f64> {
     candidate.fresh().then(|| {
         cost_model(
             candidate,
             prefix_hit,
+            input_tokens,
             f64::from(candidate.queue),
             f64::from(candidate.running),
             f64::from(candidate.kv),
@@ -343,6 +343,7 @@ pub(crate) fn ttft_cost_unknown(
     candidate: &Candidate,
     stats: &Stats,
     prefix_hit: f64,
+    input_tokens: u32,
     params: &CostParams,
 ) -> f64 {
     let worst = |range: &Range, fallback: f64| {
@@ -355,6 +356,7 @@ pub(crate) fn ttft_cost_unknown(
     cost_model(
         candidate,
         prefix_hit,
+        input_tokens,
         worst(&stats.fresh_queue, 0.0) + f64::from(candidate.inflight),
         worst(&stats.fresh_running, 0.0),
         worst(&stats.fresh_kv, params.kv_soft_limit),
@@ -366,6 +368,7 @@ pub(crate) fn ttft_cost_unknown(
 fn cost_model(
     candidate: &Candidate,
     prefix_hit: f64,
+    input_tokens: u32,
     queue: f64,
     running: f64,
     kv: f64,
@@ -376,22 +379,20 @@ fn cost_model(
     } else {
         1.0
     };
-    // Requests queued there share that endpoint's cache as much as the engine says it hits
-    // (or, when it does not say, as much as this request would).
-    let queued_hit = if candidate.engine_hit.is_nan() {
-        prefix_hit
-    } else {
-        f64::from(candidate.engine_hit)
-    };
+    // Requests queued where this prompt's prefix is cached are mostly its own group: they share
+    // the cache as much as this request would. (The engine's reported hit rate over the last
+    // sample interval was used here first; it covers a handful of requests, and in the
+    // simulation its noise fed back: a few misses made the queue look expensive, requests
+    // spread, hit rates fell further.)
+    let backlog = f64::from(candidate.backlog) / f64::from(input_tokens.max(1));
     cost(
         prefix_hit,
-        queued_hit,
         queue,
         running,
         kv_pressure(kv, params),
         slowdown,
         params,
-    )
+    ) + slowdown * params.backlog_cost * backlog
 }
 
 /// KV usage above the soft limit, scaled to 0..=1 at a full cache.
@@ -404,7 +405,6 @@ fn kv_pressure(kv: f64, params: &CostParams) -> f64 {
 #[inline]
 fn cost(
     prefix_hit: f64,
-    queued_hit: f64,
     queue: f64,
     running: f64,
     kv_pressure: f64,
@@ -413,7 +413,7 @@ fn cost(
 ) -> f64 {
     slowdown
         * ((1.0 - prefix_hit)
-            + params.queue_cost * queue * (1.0 - queued_hit).max(params.queue_miss_floor)
+            + params.queue_cost * queue * (1.0 - prefix_hit).max(params.queue_miss_floor)
             + params.running_cost * running)
         + params.kv_cost * kv_pressure
 }
@@ -436,13 +436,12 @@ pub(crate) fn oracle_cost(
     };
     cost(
         hit,
-        hit,
         f64::from(exact.waiting),
         f64::from(exact.running),
         kv_pressure,
         1.0,
         params,
-    )
+    ) + params.backlog_cost * exact.pending_prefill_tokens as f64 / prompt
 }
 
 /// Lower cost is better: `(min + smoothing) / (cost + smoothing)`, 1 for the cheapest.

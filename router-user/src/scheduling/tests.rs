@@ -719,12 +719,14 @@ fn switchyard_trades_prefix_against_queue() {
         input_tokens: 6_400,
         ..SchedulingRequest::new("m")
     };
-    // addr(1) holds half of the prompt; addr(2) nothing.
+    // addr(1) holds half of the prompt (from an earlier request whose prefill is long done);
+    // addr(2) nothing.
+    let earlier = NOW - 10 * crate::clock::MICROS_PER_SEC;
     let half = SchedulingRequest {
         prefix: &blocks[..50],
         ..request
     };
-    scheduler.on_routed(&half, addr(1), NOW);
+    scheduler.on_routed(&half, addr(1), earlier);
     set_load(&table, addr(1), 0, 0.3);
     set_load(&table, addr(2), 0, 0.3);
     let snapshot = table.snapshot();
@@ -744,12 +746,95 @@ fn switchyard_trades_prefix_against_queue() {
         prefix: &blocks[..90],
         ..request
     };
-    scheduler.on_routed(&mostly, addr(1), NOW);
+    scheduler.on_routed(&mostly, addr(1), earlier);
     set_load(&table, addr(1), 3, 0.3);
     assert_eq!(pick(&scheduler, &request, &snapshot), addr(1));
     // ... but not a long one (0.1 + 12 × 0.1 = 1.3).
     set_load(&table, addr(1), 12, 0.3);
     assert_eq!(pick(&scheduler, &request, &snapshot), addr(2));
+}
+
+#[test]
+fn switchyard_spreads_prefill_work_it_sent_until_it_drains() {
+    // Both endpoints look the same in their samples; a long prompt was just sent to addr(1).
+    let table = table(2);
+    set_load(&table, addr(1), 0, 0.3);
+    set_load(&table, addr(2), 0, 0.3);
+    let snapshot = table.snapshot();
+    let scheduler = scheduler("switchyard");
+    let long: Vec<u32> = (0..12_000).collect();
+    let long_blocks = scheduler.hash_tokens("m", &long);
+    let sent = SchedulingRequest {
+        prefix: &long_blocks,
+        input_tokens: 12_000,
+        ..SchedulingRequest::new("m")
+    };
+    scheduler.on_routed(&sent, addr(1), NOW);
+    let short: Vec<u32> = (50_000..51_000).collect();
+    let short_blocks = scheduler.hash_tokens("m", &short);
+    let request = SchedulingRequest {
+        prefix: &short_blocks,
+        input_tokens: 1_000,
+        ..SchedulingRequest::new("m")
+    };
+    // 12,000 tokens at 30,000 tokens/s: 400 ms of prefill ahead at addr(1).
+    for _ in 0..8 {
+        assert_eq!(
+            scheduler.pick(&request, &snapshot, NOW).unwrap().primary(),
+            addr(2)
+        );
+    }
+    let decision = scheduler
+        .pick(&request, &snapshot, NOW + 300 * MICROS_PER_MS)
+        .unwrap();
+    assert_eq!(decision.primary(), addr(2), "still 100 ms of it left");
+    // Drained: no preference from the backlog any more (ties break either way).
+    let later = NOW + 500 * MICROS_PER_MS;
+    let firsts: std::collections::HashSet<SocketAddr> = (0..32)
+        .map(|_| {
+            scheduler
+                .pick(&request, &snapshot, later)
+                .unwrap()
+                .primary()
+        })
+        .collect();
+    assert_eq!(firsts.len(), 2, "{firsts:?}");
+}
+
+#[test]
+fn oracle_counts_pending_prefill() {
+    let table = table(2);
+    let idle = ExactState {
+        waiting: 0,
+        running: 2,
+        kv_free_tokens: 100_000,
+        cached_prefix_tokens: 0,
+        pending_prefill_tokens: 0,
+    };
+    let source = FixedState(HashMap::from([
+        (
+            addr(1),
+            ExactState {
+                pending_prefill_tokens: 4_000,
+                ..idle
+            },
+        ),
+        (addr(2), idle),
+    ]));
+    let scheduler = Scheduler::builtin_with(
+        "oracle",
+        SchedulerOptions {
+            exact_state: Some(Arc::new(source)),
+            ..SchedulerOptions::default()
+        },
+    )
+    .expect("source attached");
+    let request = SchedulingRequest {
+        input_tokens: 1_000,
+        ..SchedulingRequest::new("m")
+    };
+    let decision = scheduler.pick(&request, &table.snapshot(), NOW).unwrap();
+    assert_eq!(decision.primary(), addr(2));
 }
 
 #[derive(Debug)]
@@ -769,6 +854,7 @@ fn oracle_ranks_by_exact_state() {
         running: 2,
         kv_free_tokens: 100_000,
         cached_prefix_tokens: cached,
+        pending_prefill_tokens: 0,
     };
     let source = FixedState(HashMap::from([
         (addr(1), state(2, 1_000)),

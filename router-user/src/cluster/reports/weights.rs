@@ -136,6 +136,7 @@ fn backend_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::score::WEIGHT_SCALE;
     use crate::cluster::reports::directory::PoolMembers;
     use crate::cluster::{EndpointMeta, EndpointTable};
     use crate::telemetry::{EndpointLoad, GpuSample};

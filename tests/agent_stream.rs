@@ -1,6 +1,7 @@
 //! The node-report stream over loopback: the agent's link against the EPP-side service (no
 //! dataplane, no model servers: the agent's view is fed by the test).
 mod agent_support;
+mod extproc_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +14,10 @@ use switchyard::agent::metrics::AgentMetrics;
 use switchyard::agent::tls::DevPki;
 use switchyard::agent::view::{EndpointView, InterestView, NodeView};
 use switchyard::clock::{Clock, SystemClock};
-use switchyard::cluster::reports::PoolDirectory;
+use switchyard::cluster::reports::{PoolDirectory, ReportsOptions};
 use switchyard::cluster::{EndpointMeta, EndpointTable};
+use switchyard::extproc::NodeReportsConfig;
+use switchyard::serving::ServingArgs;
 use switchyard::telemetry::EndpointLoad;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -305,4 +308,66 @@ async fn mutual_tls_admits_our_agent_and_refuses_others() {
         assert_eq!(metrics.epp_connected.get(), 0);
     }
     shutdown.cancel();
+}
+
+/// `switchyard epp` serves node reports on its ext-proc port: the agent's endpoints become
+/// covered (the agent-less scraper leaves them alone), their loads reach the picker's table and
+/// the agent gets cluster weights back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_picker_takes_agent_reports_on_its_ext_proc_port() {
+    let endpoints: Vec<SocketAddr> = (1..=3).map(endpoint).collect();
+    let config = switchyard::extproc::EppServerConfig {
+        node_reports: Some(NodeReportsConfig {
+            directory: PoolDirectory::single("llama", Some(vip())),
+            options: ReportsOptions {
+                epp_name: "epp-under-test".into(),
+                ..ReportsOptions::default()
+            },
+        }),
+        ..extproc_support::plaintext_config()
+    };
+    let epp =
+        extproc_support::Epp::start(ServingArgs::fixed(&endpoints, "switchyard", 7), config).await;
+    let mut covered = epp.covered.subscribe();
+    let shutdown = CancellationToken::new();
+    let link = spawn_link(
+        link_config(epp.grpc),
+        feed(shutdown.clone()),
+        Arc::new(AgentMetrics::new()),
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    )
+    .expect("link");
+
+    eventually("the agent's endpoints are covered", LIMIT, || {
+        covered.borrow_and_update().len() == 3
+    })
+    .await;
+    eventually("weights come back from the ext-proc port", LIMIT, || {
+        latest(&link.views).is_some_and(|v| {
+            v.view.epp == "epp-under-test"
+                && matches!((weight_of(&v, 1), weight_of(&v, 2)), (Some((w1, false)), Some((w2, false))) if w1 < w2)
+        })
+    })
+    .await;
+    let waiting = epp
+        .serving
+        .table()
+        .snapshot()
+        .get(&endpoint(1))
+        .and_then(|e| e.live().load())
+        .map(|l| l.waiting);
+    assert_eq!(
+        waiting,
+        Some(6),
+        "the reported queue reached the picker's table"
+    );
+
+    shutdown.cancel();
+    link.task.await.expect("link ends on shutdown");
+    eventually("coverage ends with the stream", LIMIT, || {
+        covered.borrow_and_update().is_empty()
+    })
+    .await;
+    epp.shutdown.cancel();
 }

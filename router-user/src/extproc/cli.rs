@@ -1,6 +1,6 @@
 //! `switchyard epp`: the Envoy ext-proc endpoint picker.
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +9,9 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::exchange::ExchangeConfig;
-use super::server::{EppServer, EppServerConfig};
+use super::server::{EppServer, EppServerConfig, NodeReportsConfig};
 use super::tls::TlsSource;
+use crate::cluster::reports::{PoolDirectory, ReportsOptions};
 use crate::serving::shutdown::termination_signal;
 use crate::serving::{EjectionPolicy, Serving, ServingArgs};
 
@@ -54,6 +55,25 @@ pub struct EppArgs {
     /// After the drain period: longest wait for streams in flight.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Accept node agents' report streams on the ext-proc port (`--node-reports=false` to
+    /// refuse them; every endpoint is then scraped by this process).
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub node_reports: bool,
+    /// The pool's virtual address that node agents steer connects to (their eBPF dataplane);
+    /// agents learn it from this EPP. Without it agents steer only pools they configure.
+    #[arg(long)]
+    pub pool_vip: Option<SocketAddr>,
+    /// An endpoint counts as agent-covered (not scraped here) while its node reported within
+    /// this long.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub agent_coverage_ttl: Duration,
 }
 
 impl EppArgs {
@@ -73,14 +93,34 @@ impl EppArgs {
             },
             drain_period: self.drain_period,
             shutdown_timeout: self.shutdown_timeout,
+            node_reports: self.node_reports.then(|| self.node_reports_config()),
+        }
+    }
+
+    /// One pool of every endpoint this EPP serves, named after the InferencePool.
+    fn node_reports_config(&self) -> NodeReportsConfig {
+        let name = self
+            .serving
+            .sources
+            .pool_name
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        NodeReportsConfig {
+            directory: PoolDirectory::single(name, self.pool_vip),
+            options: ReportsOptions {
+                epp_name: std::env::var("POD_NAME")
+                    .or_else(|_| std::env::var("HOSTNAME"))
+                    .unwrap_or_else(|_| "switchyard-epp".to_owned()),
+                coverage_ttl: self.agent_coverage_ttl,
+                ..ReportsOptions::default()
+            },
         }
     }
 }
 
 pub async fn run(args: EppArgs) -> anyhow::Result<()> {
     // Endpoints reported by node agents; the node-report service (mounted in
-    // `server::grpc_routes`) publishes into it. Until then it stays empty and every member is
-    // scraped when scraping is on.
+    // `server::grpc_routes`) publishes into it, and the agent-less scraper skips them.
     let (covered_tx, covered_rx) = watch::channel(HashSet::new());
     let serving = Serving::start(&args.serving, EjectionPolicy::default(), covered_rx)
         .await

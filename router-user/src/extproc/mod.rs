@@ -20,6 +20,9 @@ pub mod service;
 pub mod tls;
 
 pub use exchange::{Exchange, ExchangeConfig, Step};
-pub use server::{EXT_PROC_SERVICE, EppError, EppServer, EppServerConfig, GrpcParts, grpc_routes};
+pub use server::{
+    EXT_PROC_SERVICE, EppError, EppServer, EppServerConfig, GrpcParts, NodeReportsConfig,
+    grpc_routes,
+};
 pub use service::ExtProcService;
 pub use tls::{TlsMaterial, TlsSource};

@@ -28,6 +28,9 @@ use tonic_health::server::HealthReporter;
 use super::exchange::ExchangeConfig;
 use super::service::ExtProcService;
 use super::tls::{TlsError, TlsMaterial, TlsSource};
+use crate::cluster::reports::{
+    NodeReportsService, PoolDirectory, ReportsOptions, ReportsServiceError,
+};
 use crate::serving::Serving;
 use crate::serving::http::observability_router;
 
@@ -53,6 +56,16 @@ pub struct EppServerConfig {
     pub drain_period: Duration,
     /// Longest wait for streams in flight once the listener closed.
     pub shutdown_timeout: Duration,
+    /// Node agents' report streams (`switchyard.v1.NodeReports`) on the ext-proc port; `None`
+    /// serves ext-proc alone.
+    pub node_reports: Option<NodeReportsConfig>,
+}
+
+/// The pools the node agents steer, and how their reports are merged.
+#[derive(Clone, Debug)]
+pub struct NodeReportsConfig {
+    pub directory: PoolDirectory,
+    pub options: ReportsOptions,
 }
 
 impl EppServerConfig {
@@ -67,6 +80,7 @@ impl EppServerConfig {
             exchange: ExchangeConfig::default(),
             drain_period: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(10),
+            node_reports: None,
         }
     }
 }
@@ -85,6 +99,8 @@ pub enum EppError {
     Grpc(#[from] tonic::transport::Error),
     #[error("metrics server failed: {0}")]
     Metrics(std::io::Error),
+    #[error("cannot start the node-report service: {0}")]
+    NodeReports(#[from] ReportsServiceError),
 }
 
 /// What the gRPC services of the ext-proc port are built from.
@@ -95,11 +111,12 @@ pub struct GrpcParts {
     /// Endpoints covered by node agents (the node-report service publishes into it; the
     /// agent-less scraper skips them).
     pub covered: watch::Sender<HashSet<SocketAddr>>,
+    /// The node agents' report service, when configured.
+    pub node_reports: Option<NodeReportsService>,
 }
 
-/// Every gRPC service served on the ext-proc port (9002). To mount another service there (the
-/// node agents' `NodeReports`, built from `parts.serving` and `parts.covered`), add one
-/// `routes.add_service(...)` line here.
+/// Every gRPC service served on the ext-proc port (9002): ext-proc, gRPC health and, when
+/// configured, the node agents' `NodeReports`.
 pub fn grpc_routes(parts: &GrpcParts) -> Routes {
     let mut routes = RoutesBuilder::default();
     routes
@@ -108,7 +125,24 @@ pub fn grpc_routes(parts: &GrpcParts) -> Routes {
                 .max_decoding_message_size(MAX_DECODING_MESSAGE),
         )
         .add_service(parts.health.clone());
+    if let Some(reports) = &parts.node_reports {
+        routes.add_service(reports.server());
+    }
     routes.routes()
+}
+
+/// Publishes the endpoints agents cover to the agent-less scraper, until either side ends.
+async fn forward_coverage(
+    mut from: watch::Receiver<HashSet<SocketAddr>>,
+    to: watch::Sender<HashSet<SocketAddr>>,
+) {
+    loop {
+        let covered = from.borrow_and_update().clone();
+        to.send_replace(covered);
+        if from.changed().await.is_err() || to.is_closed() {
+            return;
+        }
+    }
 }
 
 /// The bound listeners, ready to serve.
@@ -195,11 +229,24 @@ impl EppServer {
         ));
 
         let ext_proc = ExtProcService::new(self.serving.admission().clone(), self.config.exchange);
+        let node_reports = match &self.config.node_reports {
+            Some(config) => {
+                let service = NodeReportsService::new(
+                    self.serving.table().clone(),
+                    config.directory.clone(),
+                    config.options.clone(),
+                )?;
+                tokio::spawn(forward_coverage(service.covered(), self.covered.clone()));
+                Some(service)
+            }
+            None => None,
+        };
         let parts = GrpcParts {
             serving: self.serving.clone(),
             ext_proc,
             health: health.clone(),
             covered: self.covered,
+            node_reports,
         };
         let stop_accepting = CancellationToken::new();
         let mut grpc_server = Server::builder().tcp_nodelay(true);

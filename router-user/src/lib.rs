@@ -4,7 +4,7 @@
 //! - [`agent`]: the node agent (scores, dataplane programming, node reports to the EPP).
 //! - [`bench`]: `switchyard bench ...` measurements (figures in `docs/benchmarks.md`).
 //! - [`dataplane`]: eBPF connect-time steering (load, pin, program pools, read counts).
-//! - [`demo`]: `switchyard demo`, a self-contained dataplane demo.
+//! - [`demo`]: `switchyard demo`, the whole system on loopback with simulated servers.
 //! - [`telemetry`]: the normalised endpoint-load and GPU records every part shares.
 //! - [`k8s`]: InferencePool / InferenceObjective resources, CRDs, cluster watchers.
 //! - [`clock`]: real and virtual time (the cluster simulation drives the same code).

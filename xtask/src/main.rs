@@ -62,6 +62,8 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
         "--bin",
         "switchyard",
         "--",
+        "--log",
+        "warn",
         "demo",
     ]);
     cmd.args(args);

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod dataplane;
 pub mod extproc;
+pub mod live;
 pub mod metrics;
 pub mod pick;
 pub mod report;

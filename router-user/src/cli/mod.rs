@@ -31,8 +31,9 @@ pub enum Command {
     /// (scheduler latency), `bench extproc` (endpoint-picker latency and CPU), `bench agent`
     /// (agent CPU and change-to-map latency), `bench dataplane` (connect cost of steering).
     Bench(crate::bench::BenchArgs),
-    /// Self-contained demo (root): steer a weighted pool in a temporary cgroup and show where
-    /// connections went.
+    /// The whole system on loopback (`cargo xtask demo`): simulated servers, the node agent, the
+    /// endpoint picker, the eBPF dataplane (as root) and the proxy with each policy, then tables
+    /// of where requests went and the latency they got.
     Demo(crate::demo::DemoArgs),
     /// What the node agent senses: scrape model servers, check a metrics page, read the GPUs.
     Telemetry(crate::telemetry::cli::TelemetryArgs),

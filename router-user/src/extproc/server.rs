@@ -150,6 +150,7 @@ pub struct EppServer {
     config: EppServerConfig,
     serving: Arc<Serving>,
     covered: watch::Sender<HashSet<SocketAddr>>,
+    node_reports: Option<NodeReportsService>,
     grpc: TcpListener,
     health: TcpListener,
     metrics: TcpListener,
@@ -183,10 +184,19 @@ impl EppServer {
         let grpc = bind("ext-proc gRPC", config.listen_host, config.grpc_port).await?;
         let health = bind("gRPC health", config.listen_host, config.health_port).await?;
         let metrics = bind("metrics", config.listen_host, config.metrics_port).await?;
+        let node_reports = match &config.node_reports {
+            Some(reports) => Some(NodeReportsService::new(
+                serving.table().clone(),
+                reports.directory.clone(),
+                reports.options.clone(),
+            )?),
+            None => None,
+        };
         Ok(Self {
             config,
             serving,
             covered,
+            node_reports,
             grpc,
             health,
             metrics,
@@ -204,6 +214,12 @@ impl EppServer {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         local(&self.metrics)
+    }
+
+    /// The node agents' report service (connected nodes, coverage, cluster weights), when
+    /// configured.
+    pub fn node_reports(&self) -> Option<&NodeReportsService> {
+        self.node_reports.as_ref()
     }
 
     /// The serving certificate (PEM), when TLS is on.
@@ -229,24 +245,15 @@ impl EppServer {
         ));
 
         let ext_proc = ExtProcService::new(self.serving.admission().clone(), self.config.exchange);
-        let node_reports = match &self.config.node_reports {
-            Some(config) => {
-                let service = NodeReportsService::new(
-                    self.serving.table().clone(),
-                    config.directory.clone(),
-                    config.options.clone(),
-                )?;
-                tokio::spawn(forward_coverage(service.covered(), self.covered.clone()));
-                Some(service)
-            }
-            None => None,
-        };
+        if let Some(service) = &self.node_reports {
+            tokio::spawn(forward_coverage(service.covered(), self.covered.clone()));
+        }
         let parts = GrpcParts {
             serving: self.serving.clone(),
             ext_proc,
             health: health.clone(),
             covered: self.covered,
-            node_reports,
+            node_reports: self.node_reports,
         };
         let stop_accepting = CancellationToken::new();
         let mut grpc_server = Server::builder().tcp_nodelay(true);

@@ -1,0 +1,196 @@
+//! The demo's control plane on loopback: the endpoint picker (in this process, with the node
+//! agents' report service on its ext-proc port) and a real `switchyard agent` child process that
+//! scrapes the simulated servers, reads their simulated GPUs, streams node reports to the EPP
+//! and, as root, programs the eBPF dataplane of a temporary cgroup with the pool's weights.
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::reports::{ClusterWeights, NodeReportsService, PoolDirectory, ReportsOptions};
+use crate::extproc::{EppError, EppServer, EppServerConfig, NodeReportsConfig};
+use crate::serving::{EjectionPolicy, Serving, ServingArgs};
+
+/// The pool's name in the EPP and the agents' views.
+pub const POOL_NAME: &str = "demo-pool";
+
+/// The endpoint picker, serving on free loopback ports until dropped.
+pub struct Epp {
+    pub grpc: SocketAddr,
+    pub reports: NodeReportsService,
+    covered: watch::Receiver<HashSet<SocketAddr>>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), EppError>>,
+}
+
+impl Epp {
+    /// Starts the picker over `endpoints` with the built-in `profile`; agents learn the pool
+    /// at `vip`. Endpoints no agent covers are scraped by the picker itself.
+    pub async fn start(
+        endpoints: &[SocketAddr],
+        profile: &str,
+        vip: SocketAddr,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let mut args = ServingArgs::fixed(endpoints, profile, seed);
+        args.scrape.scrape = true;
+        let (covered_tx, covered) = watch::channel(HashSet::new());
+        let serving = Arc::new(
+            Serving::start(&args, EjectionPolicy::default(), covered.clone())
+                .await
+                .context("cannot start the endpoint picker")?,
+        );
+        let config = EppServerConfig {
+            node_reports: Some(NodeReportsConfig {
+                directory: PoolDirectory::single(POOL_NAME, Some(vip)),
+                options: ReportsOptions {
+                    epp_name: "demo-epp".to_owned(),
+                    ..ReportsOptions::default()
+                },
+            }),
+            ..EppServerConfig::loopback()
+        };
+        let server = EppServer::bind(config, serving, covered_tx).await?;
+        let reports = server
+            .node_reports()
+            .cloned()
+            .context("the node-report service is configured")?;
+        let grpc = server.grpc_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.serve(shutdown.clone()));
+        Ok(Self {
+            grpc,
+            reports,
+            covered,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Endpoints whose load comes from agents' reports (not scraped by the EPP).
+    pub fn covered(&self) -> HashSet<SocketAddr> {
+        self.covered.borrow().clone()
+    }
+
+    pub fn weights(&self) -> Arc<ClusterWeights> {
+        self.reports.weights().borrow().clone()
+    }
+
+    /// Waits until agents cover `count` endpoints.
+    pub async fn wait_covered(&self, count: usize, limit: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut covered = self.covered.clone();
+        tokio::time::timeout(limit, covered.wait_for(|set| set.len() >= count))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the agent's reports did not cover {count} endpoints within {limit:?} (covered: {})",
+                    self.covered.borrow().len()
+                )
+            })?
+            .context("the EPP stopped")?;
+        Ok(started.elapsed())
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        match self.task.await {
+            Ok(Err(err)) => tracing::warn!(error = %err, "the endpoint picker ended with an error"),
+            Err(err) => tracing::warn!(error = %err, "the endpoint picker's task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Where the agent steers connects (root only).
+pub struct Steering<'a> {
+    pub cgroup: &'a Path,
+    pub pin_root: &'a Path,
+}
+
+/// A `switchyard agent` child process; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    pub fn spawn(
+        endpoints: &[SocketAddr],
+        epp: SocketAddr,
+        steering: Option<Steering<'_>>,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("switchyard"));
+        let list = endpoints
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut command = Command::new(exe);
+        command
+            .args(["--log", "warn", "agent", "--node-name", "demo-node"])
+            .args(["--endpoints", &list, "--epp", &epp.to_string()])
+            .args(["--telemetry", "sim", "--metrics-port", "0"])
+            .args(["--metrics-address", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        match steering {
+            Some(steering) => {
+                command
+                    .arg("--cgroup")
+                    .arg(steering.cgroup)
+                    .arg("--pin-root")
+                    .arg(steering.pin_root);
+            }
+            // No root: no dataplane; point the pins somewhere empty so nothing is adopted.
+            None => {
+                command
+                    .arg("--pin-root")
+                    .arg(std::env::temp_dir().join("switchyard-demo-no-pins"));
+            }
+        }
+        let child = command.spawn().context("cannot start `switchyard agent`")?;
+        Ok(Self { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the agent already exited (it printed why on stderr).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait().context("wait for the agent")? {
+            bail!("the agent exited early ({status}); its log is above");
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: kill(2) with a child pid we own and a valid signal number.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -310,14 +310,16 @@ async fn mutual_tls_admits_our_agent_and_refuses_others() {
     shutdown.cancel();
 }
 
-/// `switchyard epp` serves node reports on its ext-proc port: the agent's endpoints become
+/// `switchyard epp` serves node reports on their own port: the agent's endpoints become
 /// covered (the agent-less scraper leaves them alone), their loads reach the picker's table and
 /// the agent gets cluster weights back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_endpoint_picker_takes_agent_reports_on_its_ext_proc_port() {
+async fn the_endpoint_picker_takes_agent_reports_on_its_node_report_port() {
     let endpoints: Vec<SocketAddr> = (1..=3).map(endpoint).collect();
     let config = switchyard::extproc::EppServerConfig {
         node_reports: Some(NodeReportsConfig {
+            port: 0,
+            tls: None,
             directory: PoolDirectory::single("llama", Some(vip())),
             options: ReportsOptions {
                 epp_name: "epp-under-test".into(),
@@ -331,7 +333,7 @@ async fn the_endpoint_picker_takes_agent_reports_on_its_ext_proc_port() {
     let mut covered = epp.covered.subscribe();
     let shutdown = CancellationToken::new();
     let link = spawn_link(
-        link_config(epp.grpc),
+        link_config(epp.node_reports.expect("the node-report port")),
         feed(shutdown.clone()),
         Arc::new(AgentMetrics::new()),
         Arc::new(SystemClock),
@@ -343,7 +345,7 @@ async fn the_endpoint_picker_takes_agent_reports_on_its_ext_proc_port() {
         covered.borrow_and_update().len() == 3
     })
     .await;
-    eventually("weights come back from the ext-proc port", LIMIT, || {
+    eventually("weights come back from the endpoint picker", LIMIT, || {
         latest(&link.views).is_some_and(|v| {
             v.view.epp == "epp-under-test"
                 && matches!((weight_of(&v, 1), weight_of(&v, 2)), (Some((w1, false)), Some((w2, false))) if w1 < w2)

@@ -381,7 +381,7 @@ fn epp_deployment_matches_the_binary_and_the_pool() {
         .flatten()
         .map(|p| p.port)
         .collect();
-    assert_eq!(ports, [9002, 9003, 9090]);
+    assert_eq!(ports, [9002, 9003, 9004, 9090]);
 
     let pool = one(&objects, |o| match o {
         Object::Pool(p) => Some(p.as_ref()),
@@ -420,7 +420,7 @@ fn agent_daemonset_has_the_access_it_needs_and_no_more() {
     let args = args(agent);
     assert_eq!(args[4], "agent");
     assert_eq!(flag(&args, "--node-name"), Some("$(NODE_NAME)"));
-    assert_eq!(flag(&args, "--epp"), Some("switchyard-epp.llm.svc:9002"));
+    assert_eq!(flag(&args, "--epp"), Some("switchyard-epp.llm.svc:9004"));
     assert_eq!(flag(&args, "--telemetry"), Some("auto"));
     assert_eq!(flag(&args, "--metrics-port"), Some("9091"));
 

@@ -60,6 +60,8 @@ pub struct Epp {
     pub grpc: SocketAddr,
     pub health: SocketAddr,
     pub metrics: SocketAddr,
+    /// The node agents' report port, when configured.
+    pub node_reports: Option<SocketAddr>,
     pub certificate: Option<String>,
     pub covered: watch::Sender<HashSet<SocketAddr>>,
     pub shutdown: CancellationToken,
@@ -94,6 +96,7 @@ impl Epp {
             server.metrics_addr(),
         );
         let certificate = server.certificate_pem().map(str::to_owned);
+        let node_reports = server.node_reports_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.serve(shutdown.clone()));
         Self {
@@ -101,6 +104,7 @@ impl Epp {
             grpc,
             health,
             metrics,
+            node_reports,
             certificate,
             covered: covered_tx,
             shutdown,

@@ -186,7 +186,7 @@ async fn control_plane(
         cgroup: s.cgroup_path(),
         pin_root: &s.pin_root,
     });
-    let mut agent = AgentProcess::spawn(&addrs, epp.grpc, steering)?;
+    let mut agent = AgentProcess::spawn(&addrs, epp.reports_addr, steering)?;
     let waited = epp.wait_covered(addrs.len(), Duration::from_secs(20)).await;
     if let Err(err) = waited {
         agent.check_running()?;
@@ -195,7 +195,7 @@ async fn control_plane(
     println!(
         "agent (pid {}) scrapes the 4 servers every 50 ms, reads their simulated GPUs and streams node reports to the EPP at {};",
         agent.pid(),
-        epp.grpc
+        epp.reports_addr
     );
     println!(
         "the EPP has {} node connected and takes the load of {} of {} endpoints from its reports (it scrapes none itself).",

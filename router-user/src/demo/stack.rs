@@ -22,7 +22,8 @@ pub const POOL_NAME: &str = "demo-pool";
 
 /// The endpoint picker, serving on free loopback ports until dropped.
 pub struct Epp {
-    pub grpc: SocketAddr,
+    /// The node agents' report port.
+    pub reports_addr: SocketAddr,
     pub reports: NodeReportsService,
     covered: watch::Receiver<HashSet<SocketAddr>>,
     shutdown: CancellationToken,
@@ -48,6 +49,8 @@ impl Epp {
         );
         let config = EppServerConfig {
             node_reports: Some(NodeReportsConfig {
+                port: 0,
+                tls: None,
                 directory: PoolDirectory::single(POOL_NAME, Some(vip)),
                 options: ReportsOptions {
                     epp_name: "demo-epp".to_owned(),
@@ -61,11 +64,13 @@ impl Epp {
             .node_reports()
             .cloned()
             .context("the node-report service is configured")?;
-        let grpc = server.grpc_addr();
+        let grpc = server
+            .node_reports_addr()
+            .context("the node-report port is configured")?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.serve(shutdown.clone()));
         Ok(Self {
-            grpc,
+            reports_addr: grpc,
             reports,
             covered,
             shutdown,

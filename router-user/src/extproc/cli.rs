@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use super::exchange::ExchangeConfig;
 use super::server::{EppServer, EppServerConfig, NodeReportsConfig};
 use super::tls::TlsSource;
+use crate::agent::tls::TlsArgs;
 use crate::cluster::reports::{PoolDirectory, ReportsOptions};
 use crate::serving::shutdown::termination_signal;
 use crate::serving::{EjectionPolicy, Serving, ServingArgs};
@@ -55,8 +56,8 @@ pub struct EppArgs {
     /// After the drain period: longest wait for streams in flight.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Accept node agents' report streams on the ext-proc port (`--node-reports=false` to
-    /// refuse them; every endpoint is then scraped by this process).
+    /// Accept node agents' report streams (`--node-reports=false` to refuse them; every
+    /// endpoint is then scraped by this process).
     #[arg(
         long,
         default_value_t = true,
@@ -66,6 +67,18 @@ pub struct EppArgs {
         default_missing_value = "true"
     )]
     pub node_reports: bool,
+    /// Port of the node agents' report stream (`switchyard.v1.NodeReports`, gRPC).
+    #[arg(long, default_value_t = 9004)]
+    pub node_reports_port: u16,
+    /// Mutual TLS on the node-report port: this EPP's certificate chain (PEM), with
+    /// --node-reports-tls-key and --node-reports-tls-ca (the CA agents' certificates are signed
+    /// by). Plaintext without them.
+    #[arg(long)]
+    pub node_reports_tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub node_reports_tls_key: Option<PathBuf>,
+    #[arg(long)]
+    pub node_reports_tls_ca: Option<PathBuf>,
     /// The pool's virtual address that node agents steer connects to (their eBPF dataplane);
     /// agents learn it from this EPP. Without it agents steer only pools they configure.
     #[arg(long)]
@@ -77,8 +90,8 @@ pub struct EppArgs {
 }
 
 impl EppArgs {
-    pub fn server_config(&self) -> EppServerConfig {
-        EppServerConfig {
+    pub fn server_config(&self) -> anyhow::Result<EppServerConfig> {
+        Ok(EppServerConfig {
             listen_host: self.listen_host,
             grpc_port: self.grpc_port,
             health_port: self.grpc_health_port,
@@ -93,19 +106,32 @@ impl EppArgs {
             },
             drain_period: self.drain_period,
             shutdown_timeout: self.shutdown_timeout,
-            node_reports: self.node_reports.then(|| self.node_reports_config()),
-        }
+            node_reports: if self.node_reports {
+                Some(self.node_reports_config()?)
+            } else {
+                None
+            },
+        })
     }
 
     /// One pool of every endpoint this EPP serves, named after the InferencePool.
-    fn node_reports_config(&self) -> NodeReportsConfig {
+    fn node_reports_config(&self) -> anyhow::Result<NodeReportsConfig> {
         let name = self
             .serving
             .sources
             .pool_name
             .clone()
             .unwrap_or_else(|| "default".to_owned());
-        NodeReportsConfig {
+        let tls = TlsArgs {
+            tls_cert: self.node_reports_tls_cert.clone(),
+            tls_key: self.node_reports_tls_key.clone(),
+            tls_ca: self.node_reports_tls_ca.clone(),
+        }
+        .files()
+        .map_err(|err| anyhow::anyhow!("{err}").context("--node-reports-tls-*"))?;
+        Ok(NodeReportsConfig {
+            port: self.node_reports_port,
+            tls,
             directory: PoolDirectory::single(name, self.pool_vip),
             options: ReportsOptions {
                 epp_name: std::env::var("POD_NAME")
@@ -114,7 +140,7 @@ impl EppArgs {
                 coverage_ttl: self.agent_coverage_ttl,
                 ..ReportsOptions::default()
             },
-        }
+        })
     }
 }
 
@@ -125,13 +151,14 @@ pub async fn run(args: EppArgs) -> anyhow::Result<()> {
     let serving = Serving::start(&args.serving, EjectionPolicy::default(), covered_rx)
         .await
         .context("cannot start the endpoint picker")?;
-    let mut config = args.server_config();
+    let mut config = args.server_config()?;
     config.exchange.session_header = serving.session_header().map(|name| name.to_string());
     let server = EppServer::bind(config, Arc::new(serving), covered_tx).await?;
     tracing::info!(
         grpc = %server.grpc_addr(),
         health = %server.health_addr(),
         metrics = %server.metrics_addr(),
+        node_reports = ?server.node_reports_addr(),
         tls = args.secure_serving,
         "endpoint picker listening"
     );

@@ -28,6 +28,7 @@ use tonic_health::server::HealthReporter;
 use super::exchange::ExchangeConfig;
 use super::service::ExtProcService;
 use super::tls::{TlsError, TlsMaterial, TlsSource};
+use crate::agent::tls::{TlsError as ReportsTlsError, TlsFiles};
 use crate::cluster::reports::{
     NodeReportsService, PoolDirectory, ReportsOptions, ReportsServiceError,
 };
@@ -56,14 +57,19 @@ pub struct EppServerConfig {
     pub drain_period: Duration,
     /// Longest wait for streams in flight once the listener closed.
     pub shutdown_timeout: Duration,
-    /// Node agents' report streams (`switchyard.v1.NodeReports`) on the ext-proc port; `None`
-    /// serves ext-proc alone.
+    /// Node agents' report streams (`switchyard.v1.NodeReports`) on their own port; `None`
+    /// accepts none (every endpoint is then scraped by this process).
     pub node_reports: Option<NodeReportsConfig>,
 }
 
-/// The pools the node agents steer, and how their reports are merged.
+/// The node agents' channel: its port, its optional mutual TLS, the pools the agents steer and
+/// how their reports are merged. A port of its own because its TLS is the agents' (mutual, with
+/// the cluster's CA), not the ext-proc port's (a server certificate Envoy may not verify).
 #[derive(Clone, Debug)]
 pub struct NodeReportsConfig {
+    pub port: u16,
+    /// `None`: plaintext.
+    pub tls: Option<TlsFiles>,
     pub directory: PoolDirectory,
     pub options: ReportsOptions,
 }
@@ -101,6 +107,8 @@ pub enum EppError {
     Metrics(std::io::Error),
     #[error("cannot start the node-report service: {0}")]
     NodeReports(#[from] ReportsServiceError),
+    #[error("node-report TLS: {0}")]
+    ReportsTls(#[from] ReportsTlsError),
 }
 
 /// What the gRPC services of the ext-proc port are built from.
@@ -111,12 +119,9 @@ pub struct GrpcParts {
     /// Endpoints covered by node agents (the node-report service publishes into it; the
     /// agent-less scraper skips them).
     pub covered: watch::Sender<HashSet<SocketAddr>>,
-    /// The node agents' report service, when configured.
-    pub node_reports: Option<NodeReportsService>,
 }
 
-/// Every gRPC service served on the ext-proc port (9002): ext-proc, gRPC health and, when
-/// configured, the node agents' `NodeReports`.
+/// Every gRPC service served on the ext-proc port (9002): ext-proc and gRPC health.
 pub fn grpc_routes(parts: &GrpcParts) -> Routes {
     let mut routes = RoutesBuilder::default();
     routes
@@ -125,9 +130,6 @@ pub fn grpc_routes(parts: &GrpcParts) -> Routes {
                 .max_decoding_message_size(MAX_DECODING_MESSAGE),
         )
         .add_service(parts.health.clone());
-    if let Some(reports) = &parts.node_reports {
-        routes.add_service(reports.server());
-    }
     routes.routes()
 }
 
@@ -150,7 +152,7 @@ pub struct EppServer {
     config: EppServerConfig,
     serving: Arc<Serving>,
     covered: watch::Sender<HashSet<SocketAddr>>,
-    node_reports: Option<NodeReportsService>,
+    node_reports: Option<(NodeReportsService, TcpListener)>,
     grpc: TcpListener,
     health: TcpListener,
     metrics: TcpListener,
@@ -185,11 +187,18 @@ impl EppServer {
         let health = bind("gRPC health", config.listen_host, config.health_port).await?;
         let metrics = bind("metrics", config.listen_host, config.metrics_port).await?;
         let node_reports = match &config.node_reports {
-            Some(reports) => Some(NodeReportsService::new(
-                serving.table().clone(),
-                reports.directory.clone(),
-                reports.options.clone(),
-            )?),
+            Some(reports) => {
+                if let Some(tls) = &reports.tls {
+                    tls.server_config()?; // fail at start on unreadable certificates
+                }
+                let listener = bind("node reports", config.listen_host, reports.port).await?;
+                let service = NodeReportsService::new(
+                    serving.table().clone(),
+                    reports.directory.clone(),
+                    reports.options.clone(),
+                )?;
+                Some((service, listener))
+            }
             None => None,
         };
         Ok(Self {
@@ -219,7 +228,14 @@ impl EppServer {
     /// The node agents' report service (connected nodes, coverage, cluster weights), when
     /// configured.
     pub fn node_reports(&self) -> Option<&NodeReportsService> {
-        self.node_reports.as_ref()
+        self.node_reports.as_ref().map(|(service, _)| service)
+    }
+
+    /// Where node agents connect, when node reports are on.
+    pub fn node_reports_addr(&self) -> Option<SocketAddr> {
+        self.node_reports
+            .as_ref()
+            .map(|(_, listener)| local(listener))
     }
 
     /// The serving certificate (PEM), when TLS is on.
@@ -245,15 +261,11 @@ impl EppServer {
         ));
 
         let ext_proc = ExtProcService::new(self.serving.admission().clone(), self.config.exchange);
-        if let Some(service) = &self.node_reports {
-            tokio::spawn(forward_coverage(service.covered(), self.covered.clone()));
-        }
         let parts = GrpcParts {
             serving: self.serving.clone(),
             ext_proc,
             health: health.clone(),
-            covered: self.covered,
-            node_reports: self.node_reports,
+            covered: self.covered.clone(),
         };
         let stop_accepting = CancellationToken::new();
         let mut grpc_server = Server::builder().tcp_nodelay(true);
@@ -280,6 +292,31 @@ impl EppServer {
                     health_stop.cancelled().await
                 }),
         );
+        let reports_task = match self.node_reports {
+            Some((service, listener)) => {
+                tokio::spawn(forward_coverage(service.covered(), self.covered.clone()));
+                let mut server = Server::builder().tcp_nodelay(true);
+                if let Some(tls) = self
+                    .config
+                    .node_reports
+                    .as_ref()
+                    .and_then(|r| r.tls.as_ref())
+                {
+                    server = server.tls_config(tls.server_config()?)?;
+                }
+                let stop = finished.clone();
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                Some(tokio::spawn(
+                    server
+                        .add_service(service.server())
+                        .serve_with_incoming_shutdown(
+                            incoming,
+                            async move { stop.cancelled().await },
+                        ),
+                ))
+            }
+            None => None,
+        };
         let metrics_stop = finished.clone();
         let metrics_task = tokio::spawn(async move {
             axum::serve(self.metrics, observability_router(self.serving.clone()))
@@ -323,6 +360,11 @@ impl EppServer {
         readiness.abort();
         finished.cancel();
         let _ = health_task.await;
+        if let Some(task) = reports_task
+            && let Ok(Err(err)) = task.await
+        {
+            tracing::warn!(error = %err, "node-report server ended with an error");
+        }
         if let Ok(Err(err)) = metrics_task.await {
             tracing::warn!(error = %err, "metrics server ended with an error");
         }

@@ -1,8 +1,10 @@
 //! `switchyard bench ...`: measurements whose figures go into `docs/benchmarks.md`.
 //! Timings are measured here, never asserted in tests.
 pub mod agent;
+pub mod cpu;
 pub mod dataplane;
 pub mod extproc;
+pub mod live;
 pub mod metrics;
 pub mod pick;
 pub mod report;

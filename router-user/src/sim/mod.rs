@@ -26,4 +26,6 @@ pub use engine::{
 pub use gpu::{GpuIdentity, GpuReport};
 pub use hist::Histogram;
 pub use profile::{Profile, ProfileError, StepModel, StepWork};
-pub use server::{LoraModule, RunningServer, ServerConfig, ServerError, SimServer};
+pub use server::{
+    LoraModule, RunningServer, SERVED_BY_HEADER, ServerConfig, ServerError, SimServer,
+};

@@ -4,7 +4,8 @@
 //! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`,
 //! `GET /health`, `GET /metrics`, `POST /reset_prefix_cache` (as vLLM), and the simulator's own
 //! `GET /sim/gpu` (`{"gpus": [GpuSample]}`), `GET /sim/load` (an `EndpointLoad`),
-//! `GET|POST|DELETE /admin/faults`.
+//! `GET|POST|DELETE /admin/faults`. Every answer carries [`SERVED_BY_HEADER`] with the
+//! listening address, so a client behind a router or a VIP can tell which server answered.
 mod admin;
 mod api;
 mod clock;
@@ -35,6 +36,9 @@ use super::metrics::{LoraInfoHistory, ThroughputMeter};
 use super::profile::Profile;
 use crate::clock::{Clock, MICROS_PER_SEC};
 use crate::telemetry::{EngineKind, GpuSample};
+
+/// Response header naming the server that answered (`ip:port` it listens on).
+pub const SERVED_BY_HEADER: &str = "x-served-by";
 
 /// Largest request body accepted (long prompts are the point of some tests).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -247,7 +251,14 @@ impl AppState {
     }
 }
 
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, served_by: http::HeaderValue) -> Router {
+    let stamp = move |mut response: axum::response::Response| {
+        let served_by = served_by.clone();
+        async move {
+            response.headers_mut().insert(SERVED_BY_HEADER, served_by);
+            response
+        }
+    };
     Router::new()
         .route("/v1/completions", post(api::completions))
         .route("/v1/chat/completions", post(api::chat_completions))
@@ -265,6 +276,7 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(admin::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(stamp))
         .with_state(state)
 }
 
@@ -296,8 +308,11 @@ impl SimServer {
 
     /// Serves until `shutdown` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let addr = self.local_addr()?;
+        let served_by = http::HeaderValue::from_str(&addr.to_string())
+            .map_err(|err| ServerError::Serve(std::io::Error::other(err)))?;
         let driver = tokio::spawn(driver::drive(self.state.clone(), shutdown.clone()));
-        let result = axum::serve(self.listener, router(self.state))
+        let result = axum::serve(self.listener, router(self.state, served_by))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .map_err(ServerError::Serve);

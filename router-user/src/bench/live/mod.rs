@@ -1,0 +1,2 @@
+//! `switchyard bench live`: routers side by side on real processes over loopback.
+pub mod loadgen;

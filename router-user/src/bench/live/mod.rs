@@ -9,6 +9,11 @@
 //!   profile;
 //! - `epp`: `switchyard epp` (child process, plaintext) behind [`hop`], a minimal Envoy stand-in
 //!   in this process on its own runtime (threads `sy-live-hop`);
+//! - `dataplane` (root): the eBPF dataplane attached to a temporary cgroup, one pool VIP over
+//!   the servers with equal weights programmed by the bench (no agent); the bench moves itself
+//!   into that cgroup while the load generator runs, with one connection per request (the
+//!   dataplane balances connections); its cost is in the client's `connect()`, so no router CPU
+//!   is reported;
 //! - `sglang-cache-aware` / `sglang-rr`: sglang-router 0.3.2, installed by the bench into a
 //!   virtualenv under `--cache-dir` (reported as not available when that fails).
 //!
@@ -38,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 use self::loadgen::{LoadSpec, RequestRecord, SharedPrefixText, Target};
 use self::procs::{ChildProcess, SimCounters, free_port, http_request, sim_counters};
 use crate::bench::cpu::threads_cpu;
+use crate::bench::dataplane::Scratch;
+use crate::dataplane::{BackendSpec, Dataplane, DataplaneConfig, cgroup as dp_cgroup};
 
 /// Thread-name prefix of the EPP hop's runtime (its CPU is charged to the `epp` router).
 const HOP_THREADS: &str = "sy-live-hop";
@@ -55,6 +62,8 @@ pub enum RouterKind {
     ProxyRr,
     /// `switchyard epp` behind the bench's minimal ext-proc gateway.
     Epp,
+    /// The eBPF dataplane (root): a pool VIP with equal weights, clients in its cgroup.
+    Dataplane,
     /// sglang-router 0.3.2, `--policy cache_aware`.
     SglangCacheAware,
     /// sglang-router 0.3.2, `--policy round_robin`.
@@ -68,6 +77,7 @@ impl RouterKind {
             Self::Proxy => "proxy",
             Self::ProxyRr => "proxy-rr",
             Self::Epp => "epp",
+            Self::Dataplane => "dataplane",
             Self::SglangCacheAware => "sglang-cache-aware",
             Self::SglangRr => "sglang-rr",
         }
@@ -80,7 +90,7 @@ pub struct LiveBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,proxy,proxy-rr,epp,sglang-cache-aware,sglang-rr"
+        default_value = "direct,proxy,proxy-rr,epp,dataplane,sglang-cache-aware,sglang-rr"
     )]
     pub routers: Vec<RouterKind>,
     /// Request rates (requests/s, Poisson); the last, higher one measures saturation.
@@ -119,6 +129,9 @@ pub struct LiveBenchArgs {
     /// Where the sglang-router virtualenv, profiles and logs live.
     #[arg(long, default_value = "target/bench-live")]
     pub cache_dir: PathBuf,
+    /// Pool VIP of the `dataplane` router (never dialled without the programs).
+    #[arg(long, default_value = "10.96.252.1:8000")]
+    pub vip: SocketAddr,
     /// Never install sglang-router (use it only if the virtualenv already has it).
     #[arg(long)]
     pub no_install: bool,
@@ -273,15 +286,24 @@ pub async fn run_bench(args: &LiveBenchArgs, binary: &Path) -> anyhow::Result<Li
     } else {
         None
     };
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && args.routers.contains(&RouterKind::Dataplane) {
+        skipped.push(Skipped {
+            router: RouterKind::Dataplane.name().to_owned(),
+            reason: "skipped: needs root (creates a cgroup and attaches BPF programs)".to_owned(),
+        });
+    }
     let (sims, servers) = start_sims(args, binary, &cache_dir).await?;
     let requests = workload(args).requests(args.requests, args.seed);
     let routers: Vec<RouterKind> = args
         .routers
         .iter()
         .copied()
-        .filter(|router| {
-            sglang_python.is_some()
-                || !matches!(router, RouterKind::SglangCacheAware | RouterKind::SglangRr)
+        .filter(|router| match router {
+            RouterKind::SglangCacheAware | RouterKind::SglangRr => sglang_python.is_some(),
+            RouterKind::Dataplane => root,
+            _ => true,
         })
         .collect();
     let per_run = args
@@ -389,6 +411,7 @@ struct RouterUnderTest {
     target: Target,
     processes: Vec<ChildProcess>,
     hop: Option<HopRuntime>,
+    steering: Option<Steering>,
 }
 
 impl RouterUnderTest {
@@ -436,6 +459,7 @@ async fn start_router(
             target: Target::RoundRobin(context.servers.to_vec()),
             processes: Vec::new(),
             hop: None,
+            steering: None,
         }),
         RouterKind::Proxy | RouterKind::ProxyRr => {
             let profile = if router == RouterKind::Proxy {
@@ -459,6 +483,7 @@ async fn start_router(
                 target: Target::Base(listen),
                 processes: vec![process],
                 hop: None,
+                steering: None,
             })
         }
         RouterKind::Epp => {
@@ -504,6 +529,16 @@ async fn start_router(
                     runtime: Some(runtime),
                     shutdown,
                 }),
+                steering: None,
+            })
+        }
+        RouterKind::Dataplane => {
+            let steering = Steering::start(context.args.vip, context.servers)?;
+            Ok(RouterUnderTest {
+                target: Target::Base(context.args.vip),
+                processes: Vec::new(),
+                hop: None,
+                steering: Some(steering),
             })
         }
         RouterKind::SglangCacheAware | RouterKind::SglangRr => {
@@ -522,8 +557,47 @@ async fn start_router(
                 target: Target::Base(listen),
                 processes: vec![process],
                 hop: None,
+                steering: None,
             })
         }
+    }
+}
+
+/// The dataplane steering this process's connects to the VIP while the load generator runs.
+struct Steering {
+    // Dropped first: the programs detach before the cgroup goes.
+    _dataplane: Dataplane,
+    scratch: Scratch,
+    cgroup: PathBuf,
+}
+
+impl Steering {
+    fn start(vip: SocketAddr, servers: &[SocketAddr]) -> anyhow::Result<Self> {
+        let scratch = Scratch::create(&format!("switchyard-bench-live-{}", std::process::id()))?;
+        let cgroup = scratch.cgroup_dir()?;
+        let mut dataplane = Dataplane::load(&DataplaneConfig {
+            cgroup: cgroup.clone(),
+            pin_root: scratch.pin_root.clone(),
+        })?;
+        let backends: Vec<BackendSpec> = servers
+            .iter()
+            .map(|addr| BackendSpec::new(*addr, 1))
+            .collect();
+        dataplane.set_pool(vip, &backends)?;
+        Ok(Self {
+            _dataplane: dataplane,
+            scratch,
+            cgroup,
+        })
+    }
+
+    /// Moves this process into the steered cgroup (sockets opened from now on are steered).
+    fn enter(&self) -> anyhow::Result<()> {
+        Ok(dp_cgroup::join(&self.cgroup, 0)?)
+    }
+
+    fn leave(&self) -> anyhow::Result<()> {
+        Ok(dp_cgroup::join(&self.scratch.home, 0)?)
     }
 }
 
@@ -552,9 +626,17 @@ async fn run_one(
     let router_under_test = start_router(context, router).await?;
     let counters_before = all_counters(context.servers).await?;
     let (cpu_before, hop_before) = router_under_test.cpu()?;
-    let spec = spec(context.args, rate);
+    let mut spec = spec(context.args, rate);
+    spec.fresh_connections = router_under_test.steering.is_some();
     let started = Instant::now();
-    let records = loadgen::run(&router_under_test.target, requests, &spec, Some(progress)).await?;
+    if let Some(steering) = &router_under_test.steering {
+        steering.enter()?;
+    }
+    let records = loadgen::run(&router_under_test.target, requests, &spec, Some(progress)).await;
+    if let Some(steering) = &router_under_test.steering {
+        steering.leave()?;
+    }
+    let records = records?;
     let wall = started.elapsed();
     let (cpu_after, hop_after) = router_under_test.cpu()?;
     // Servers count a request when its stream ends; give the last ones a moment.
@@ -566,7 +648,8 @@ async fn run_one(
         .zip(&counters_before)
         .map(|(after, before)| after.since(before))
         .collect();
-    let cpu = (router != RouterKind::Direct).then(|| cpu_after.saturating_sub(cpu_before));
+    let measured_cpu = !matches!(router, RouterKind::Direct | RouterKind::Dataplane);
+    let cpu = measured_cpu.then(|| cpu_after.saturating_sub(cpu_before));
     let hop_cpu = (router == RouterKind::Epp).then(|| hop_after.saturating_sub(hop_before));
     let summary = summarize(router, rate, &records, &deltas, cpu, hop_cpu, wall);
     Ok(LiveRun { summary, records })

@@ -439,7 +439,7 @@ fn process_cpu() -> anyhow::Result<ProcessCpu> {
     Ok(ProcessCpu { server, other })
 }
 
-fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|text| text.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned())

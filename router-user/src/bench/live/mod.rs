@@ -214,9 +214,7 @@ pub async fn run(args: LiveBenchArgs) -> anyhow::Result<()> {
     print_report(&args, &report);
     if let Some(path) = &args.json {
         let json = JsonReport {
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|text| text.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".to_owned()),
+            kernel: crate::bench::extproc::kernel_release(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             servers: args.servers,
             speed: args.speed,

@@ -17,7 +17,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request, processing_response,
 };
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
-pub use switchyard::extproc::envoy::{request_body, request_headers, response_body};
+pub use switchyard::extproc::envoy::{
+    destination_header, immediate, request_body, request_headers, response_body, streamed_chunk,
+};
 use switchyard::extproc::{EppServer, EppServerConfig, envoy};
 use switchyard::serving::{EjectionPolicy, Serving, ServingArgs};
 use tokio::sync::{mpsc, watch};
@@ -505,24 +507,6 @@ fn check_destination_agrees(answer: &ProcessingResponse) {
     assert_eq!(header, metadata, "header and metadata disagree");
 }
 
-/// The destination the answer sets, if any.
-pub fn destination_header(answer: &ProcessingResponse) -> Option<String> {
-    use processing_response::Response;
-    let common = match answer.response.as_ref()? {
-        Response::RequestHeaders(headers) => headers.response.as_ref()?,
-        Response::RequestBody(body) => body.response.as_ref()?,
-        _ => return None,
-    };
-    common
-        .header_mutation
-        .as_ref()?
-        .set_headers
-        .iter()
-        .filter_map(|option| option.header.as_ref())
-        .find(|header| header.key == DESTINATION)
-        .map(|header| String::from_utf8(header.raw_value.clone()).unwrap())
-}
-
 pub fn removed_headers(answer: &ProcessingResponse) -> Vec<String> {
     match answer.response.as_ref() {
         Some(processing_response::Response::RequestHeaders(headers)) => headers
@@ -532,35 +516,6 @@ pub fn removed_headers(answer: &ProcessingResponse) -> Vec<String> {
             .map(|mutation| mutation.remove_headers.clone())
             .unwrap_or_default(),
         _ => Vec::new(),
-    }
-}
-
-/// `(bytes, end_of_stream)` of a duplex body answer.
-pub fn streamed_chunk(answer: &ProcessingResponse) -> Option<(Vec<u8>, bool)> {
-    use processing_response::Response;
-    let body = match answer.response.as_ref()? {
-        Response::RequestBody(body) | Response::ResponseBody(body) => body,
-        _ => return None,
-    };
-    match body
-        .response
-        .as_ref()?
-        .body_mutation
-        .as_ref()?
-        .mutation
-        .as_ref()?
-    {
-        body_mutation::Mutation::StreamedResponse(chunk) => {
-            Some((chunk.body.clone(), chunk.end_of_stream))
-        }
-        _ => None,
-    }
-}
-
-pub fn immediate(answer: &ProcessingResponse) -> Option<&ImmediateResponse> {
-    match answer.response.as_ref()? {
-        processing_response::Response::ImmediateResponse(immediate) => Some(immediate),
-        _ => None,
     }
 }
 

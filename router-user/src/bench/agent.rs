@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use super::cpu::process_cpu;
 use crate::cluster::reports::{NodeReportsService, PoolDirectory, ReportsOptions};
 use crate::cluster::{EndpointMeta, EndpointTable};
 use crate::dataplane::{BackendState, Dataplane, cgroup::TempCgroup};
@@ -251,25 +252,6 @@ fn children_cpu() -> Duration {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     time(usage.ru_utime) + time(usage.ru_stime)
-}
-
-/// User + system CPU of a running process, from `/proc/<pid>/stat`.
-fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("unexpected /proc/<pid>/stat")?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of the file (utime, stime) are 11 and 12 after the name.
-    let ticks: u64 = fields
-        .get(11)
-        .zip(fields.get(12))
-        .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?))
-        .context("unexpected /proc/<pid>/stat fields")?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
 async fn http_get(server: SocketAddr, path: &str) -> std::io::Result<String> {

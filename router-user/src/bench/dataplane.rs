@@ -117,11 +117,30 @@ pub async fn run(args: DataplaneBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cleans up whatever happens: back to the original cgroup, detach, remove the cgroup.
-struct Scratch {
-    home: PathBuf,
+/// A temporary cgroup and pin directory for steering this process's own connects; cleans up
+/// whatever happens: back to the original cgroup, detach, remove the cgroup.
+pub(crate) struct Scratch {
+    pub home: PathBuf,
     cgroup: Option<TempCgroup>,
-    pin_root: PathBuf,
+    pub pin_root: PathBuf,
+}
+
+impl Scratch {
+    /// A cgroup and pin root named `name` (unique per process: include the pid).
+    pub fn create(name: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            home: cgroup::current()?,
+            cgroup: Some(TempCgroup::create(name)?),
+            pin_root: PathBuf::from("/sys/fs/bpf").join(name),
+        })
+    }
+
+    pub fn cgroup_dir(&self) -> anyhow::Result<PathBuf> {
+        self.cgroup
+            .as_ref()
+            .map(|c| c.path().to_path_buf())
+            .context("benchmark cgroup")
+    }
 }
 
 impl Drop for Scratch {
@@ -142,16 +161,8 @@ impl Drop for Scratch {
 
 fn measure(args: &DataplaneBenchArgs) -> anyhow::Result<DataplaneBenchReport> {
     let name = format!("switchyard-bench-{}", std::process::id());
-    let scratch = Scratch {
-        home: cgroup::current()?,
-        cgroup: Some(TempCgroup::create(&name)?),
-        pin_root: PathBuf::from("/sys/fs/bpf").join(&name),
-    };
-    let cgroup_dir = scratch
-        .cgroup
-        .as_ref()
-        .map(|c| c.path().to_path_buf())
-        .context("benchmark cgroup")?;
+    let scratch = Scratch::create(&name)?;
+    let cgroup_dir = scratch.cgroup_dir()?;
     let server = BannerServer::start("", SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let mut dataplane = Dataplane::load(&DataplaneConfig {
         cgroup: cgroup_dir.clone(),

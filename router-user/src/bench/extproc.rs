@@ -432,38 +432,14 @@ struct ProcessCpu {
     other: Duration,
 }
 
-/// CPU time of this process's threads, split by thread name (`/proc/self/task/*/stat`).
+/// CPU time of this process's threads: the picker's and the rest.
 fn process_cpu() -> anyhow::Result<ProcessCpu> {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut cpu = ProcessCpu::default();
-    for entry in std::fs::read_dir("/proc/self/task").context("cannot read /proc/self/task")? {
-        let Ok(entry) = entry else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ...`: the name may hold spaces, the fields after `)` do not.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the comm.
-        let (Some(user), Some(system)) = (fields.get(11), fields.get(12)) else {
-            continue;
-        };
-        let ticks_used = user.parse::<u64>().unwrap_or(0) + system.parse::<u64>().unwrap_or(0);
-        let time = Duration::from_secs_f64(ticks_used as f64 / ticks);
-        if name.starts_with(SERVER_THREADS) {
-            cpu.server += time;
-        } else {
-            cpu.other += time;
-        }
-    }
-    Ok(cpu)
+    let (server, other) =
+        super::cpu::threads_cpu(SERVER_THREADS).context("cannot read /proc/self/task")?;
+    Ok(ProcessCpu { server, other })
 }
 
-fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|text| text.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned())

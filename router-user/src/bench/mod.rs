@@ -1,6 +1,7 @@
 //! `switchyard bench ...`: measurements whose figures go into `docs/benchmarks.md`.
 //! Timings are measured here, never asserted in tests.
 pub mod agent;
+pub mod cpu;
 pub mod dataplane;
 pub mod extproc;
 pub mod live;
@@ -27,6 +28,10 @@ pub enum BenchCommand {
     /// The node agent: its CPU per endpoint and how fast a load change reaches the kernel's
     /// map (root for the latency).
     Agent(agent::AgentBenchArgs),
+    /// Routers side by side on real processes over loopback: direct, switchyard proxy,
+    /// switchyard EPP behind a minimal gateway, sglang-router (latency, throughput, prefix
+    /// hits, router CPU).
+    Live(Box<live::LiveBenchArgs>),
     /// Routing policies side by side on a simulated cluster (virtual time): latency and
     /// throughput against request rate, markdown + JSON + plots.
     Sim(Box<sim::cli::SimBenchArgs>),
@@ -42,6 +47,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
             .map_err(|err| anyhow::anyhow!("benchmark thread failed: {err}"))?,
         BenchCommand::Agent(args) => agent::run(args).await,
+        BenchCommand::Live(args) => live::run(*args).await,
         BenchCommand::Sim(args) => sim::cli::run(*args).await,
         BenchCommand::Pick(args) => pick::run(args).await,
     }

@@ -1,9 +1,13 @@
-//! Messages as Envoy sends them, for the benchmark and tests that play Envoy's side of the
-//! stream (header values in `raw_value`, as Envoy fills them).
+//! Messages as Envoy sends them, for the benchmarks and tests that play Envoy's side of the
+//! stream (header values in `raw_value`, as Envoy fills them), and readers of the picker's
+//! answers (destination, streamed body chunks, immediate responses).
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, processing_request::Request,
+    HttpBody, HttpHeaders, HttpTrailers, ImmediateResponse, ProcessingRequest, ProcessingResponse,
+    body_mutation, processing_request::Request, processing_response,
 };
+
+use crate::serving::policy::DESTINATION_HEADER;
 
 /// A header map with each value in `raw_value`.
 pub fn header_map<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> HeaderMap {
@@ -68,4 +72,53 @@ pub fn response_headers<K: AsRef<str>, V: AsRef<str>>(
 
 pub fn response_body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
     message(Request::ResponseBody(body(bytes, end_of_stream)))
+}
+
+/// The destination (`x-gateway-destination-endpoint`) a routing answer sets, if any; `None` for
+/// other answers and for a value that is not UTF-8.
+pub fn destination_header(answer: &ProcessingResponse) -> Option<String> {
+    use processing_response::Response;
+    let common = match answer.response.as_ref()? {
+        Response::RequestHeaders(headers) => headers.response.as_ref()?,
+        Response::RequestBody(body) => body.response.as_ref()?,
+        _ => return None,
+    };
+    common
+        .header_mutation
+        .as_ref()?
+        .set_headers
+        .iter()
+        .filter_map(|option| option.header.as_ref())
+        .find(|header| header.key == DESTINATION_HEADER)
+        .and_then(|header| String::from_utf8(header.raw_value.clone()).ok())
+}
+
+/// `(bytes, end_of_stream)` of a duplex body answer (request or response direction).
+pub fn streamed_chunk(answer: &ProcessingResponse) -> Option<(Vec<u8>, bool)> {
+    use processing_response::Response;
+    let body = match answer.response.as_ref()? {
+        Response::RequestBody(body) | Response::ResponseBody(body) => body,
+        _ => return None,
+    };
+    match body
+        .response
+        .as_ref()?
+        .body_mutation
+        .as_ref()?
+        .mutation
+        .as_ref()?
+    {
+        body_mutation::Mutation::StreamedResponse(chunk) => {
+            Some((chunk.body.clone(), chunk.end_of_stream))
+        }
+        _ => None,
+    }
+}
+
+/// The immediate response (a refusal) an answer carries, if any.
+pub fn immediate(answer: &ProcessingResponse) -> Option<&ImmediateResponse> {
+    match answer.response.as_ref()? {
+        processing_response::Response::ImmediateResponse(immediate) => Some(immediate),
+        _ => None,
+    }
 }

@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -75,6 +76,14 @@ impl std::fmt::Debug for ProxyServer {
     }
 }
 
+/// Streamed tokens are small writes: without TCP_NODELAY, Nagle holds each one until the
+/// client's delayed ACK (up to 40 ms).
+fn set_nodelay(stream: &mut tokio::net::TcpStream) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(%err, "cannot set TCP_NODELAY on a client connection");
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     TcpListener::bind(addr)
         .await
@@ -125,14 +134,14 @@ impl ProxyServer {
         let stop_accepting = CancellationToken::new();
         let stop = stop_accepting.clone();
         let mut main = tokio::spawn(async move {
-            axum::serve(self.listener, app)
+            axum::serve(self.listener.tap_io(set_nodelay), app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
         });
         let metrics_task = self.metrics.map(|listener| {
             let stop = stop_accepting.clone();
             tokio::spawn(async move {
-                axum::serve(listener, observability)
+                axum::serve(listener.tap_io(set_nodelay), observability)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await
             })

@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicU64;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -312,7 +313,14 @@ impl SimServer {
         let served_by = http::HeaderValue::from_str(&addr.to_string())
             .map_err(|err| ServerError::Serve(std::io::Error::other(err)))?;
         let driver = tokio::spawn(driver::drive(self.state.clone(), shutdown.clone()));
-        let result = axum::serve(self.listener, router(self.state, served_by))
+        // Streamed tokens are small writes: without TCP_NODELAY, Nagle holds each one until the
+        // client's delayed ACK (up to 40 ms); Python servers (uvicorn) set it too.
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(%err, "cannot set TCP_NODELAY");
+            }
+        });
+        let result = axum::serve(listener, router(self.state, served_by))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .map_err(ServerError::Serve);

@@ -24,7 +24,11 @@ fn the_demo_runs_every_step_and_accounts_for_every_request() {
         stdout.contains("takes the load of 4 of 4 endpoints from its reports"),
         "the agent's reports reached the EPP:\n{stdout}"
     );
-    for row in ["proxy, round-robin", "proxy, switchyard"] {
+    for row in [
+        "EPP via ext-proc, agent-fed, switchyard",
+        "proxy, round-robin",
+        "proxy, switchyard",
+    ] {
         let line = stdout
             .lines()
             .find(|l| l.contains(row) && l.contains(" / "))

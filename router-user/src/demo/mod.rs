@@ -105,8 +105,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let mut rows: Vec<(String, RunSummary)> = Vec::new();
     if let Some(result) = control_plane(&args, &requests, &load).await? {
-        rows.push((result.label.clone(), summarize(&result, &is_lora)));
+        rows.push(report_row(result, &is_lora));
     }
+
+    println!("== the same workload through Switchyard's endpoint picker, as a gateway uses it");
+    let bar = progress(count, "EPP via ext-proc");
+    let result =
+        runs::through_epp(&requests, &load, (args.speed, args.seed, args.vip), &bar).await?;
+    bar.finish_and_clear();
+    rows.push(report_row(result, &is_lora));
 
     println!(
         "== the same workload through `switchyard proxy`, one policy at a time, each on fresh servers"
@@ -116,18 +123,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let result =
             runs::through_proxy(policy, &requests, &load, args.speed, args.seed, &bar).await?;
         bar.finish_and_clear();
-        let summary = summarize(&result, &is_lora);
-        println!(
-            "  {:<34} {} / {} ok, TTFT p90 {}",
-            result.label,
-            summary.ok,
-            summary.sent,
-            summary.ttft_p90.map_or("-".to_owned(), |d| format!(
-                "{:.0} ms",
-                d.as_secs_f64() * 1e3
-            ))
-        );
-        rows.push((result.label.clone(), summary));
+        rows.push(report_row(result, &is_lora));
     }
     println!("\n== latency each router and policy gave (same requests, same arrival times)");
     println!("{}", latency_table(&rows));
@@ -140,6 +136,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     print_reading(&rows);
     Ok(())
+}
+
+/// Summarises a run and prints its one-line result.
+fn report_row(result: RunResult, is_lora: &[bool]) -> (String, RunSummary) {
+    let summary = summarize(&result, is_lora);
+    println!(
+        "  {:<40} {} / {} ok, TTFT p90 {}",
+        result.label,
+        summary.ok,
+        summary.sent,
+        summary.ttft_p90.map_or("-".to_owned(), |d| format!(
+            "{:.0} ms",
+            d.as_secs_f64() * 1e3
+        ))
+    );
+    (result.label, summary)
 }
 
 fn print_fleet() {
@@ -155,7 +167,7 @@ fn print_fleet() {
 fn progress(count: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(count as u64);
     bar.set_style(
-        ProgressStyle::with_template("  {msg:<34} [{bar:30}] {pos}/{len} requests ({elapsed})")
+        ProgressStyle::with_template("  {msg:<40} [{bar:30}] {pos}/{len} requests ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
@@ -187,11 +199,7 @@ async fn control_plane(
         pin_root: &s.pin_root,
     });
     let mut agent = AgentProcess::spawn(&addrs, epp.reports_addr, steering)?;
-    let waited = epp.wait_covered(addrs.len(), Duration::from_secs(20)).await;
-    if let Err(err) = waited {
-        agent.check_running()?;
-        return Err(err);
-    }
+    agent.wait_covered(&epp, addrs.len()).await?;
     println!(
         "agent (pid {}) scrapes the 4 servers every 50 ms, reads their simulated GPUs and streams node reports to the EPP at {};",
         agent.pid(),
@@ -279,25 +287,30 @@ fn print_weights(epp: &Epp, names: &[(SocketAddr, &'static str)], vip: SocketAdd
     println!("{table}\n");
 }
 
-/// A sentence comparing Switchyard's profile with the others, from the measured rows.
+/// Switchyard's profile against the other policies behind the same proxy, from the measured
+/// rows (the EPP and dataplane rows differ in path as well as policy).
 fn print_reading(rows: &[(String, RunSummary)]) {
-    let p90 = |label: &str| {
-        rows.iter()
-            .find(|(l, _)| l == label)
-            .and_then(|(_, s)| s.ttft_p90)
-    };
-    let Some(ours) = p90("proxy, switchyard") else {
+    const OURS: &str = "proxy, switchyard";
+    let Some(ours) = rows
+        .iter()
+        .find(|(label, _)| label == OURS)
+        .and_then(|(_, s)| s.ttft_p90)
+    else {
         return;
     };
     for (label, summary) in rows {
-        if label == "proxy, switchyard" {
+        if label == OURS || !label.starts_with("proxy, ") {
             continue;
         }
         if let Some(theirs) = summary.ttft_p90 {
             println!(
-                "  switchyard's p90 TTFT is {:.2}x that of {label}",
+                "  behind the proxy, switchyard's p90 TTFT is {:.2}x {label}'s",
                 ours.as_secs_f64() / theirs.as_secs_f64().max(1e-9)
             );
         }
     }
+    println!(
+        "  (the eBPF dataplane balances connections by the agents' weights at connect() time: no \
+         proxy hop, but no per-request prefix or LoRA affinity)"
+    );
 }

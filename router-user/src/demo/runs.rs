@@ -1,16 +1,19 @@
 //! One measured run of the demo: a fresh fleet (cold caches, no adapters loaded), a router in
 //! front of it, the same requests at the same arrival times, and what each request got.
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use indicatif::ProgressBar;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::fleet::Fleet;
+use super::stack::{AgentProcess, Epp};
+use crate::bench::live::hop;
 use crate::bench::live::loadgen::{self, ChatRequest, LoadSpec, RequestRecord, Target};
 use crate::proxy::{ProxyConfig, ProxyServer};
 use crate::serving::{EjectionPolicy, Serving, ServingArgs};
@@ -63,6 +66,42 @@ pub async fn through_proxy(
     fleet.stop().await;
     Ok(RunResult {
         label: format!("proxy, {profile}"),
+        records: records?,
+        servers,
+    })
+}
+
+/// Switchyard's endpoint picker as a gateway uses it: a minimal gateway (the bench's ext-proc
+/// hop, Envoy's message sequence) asks it for each request's destination and forwards there;
+/// the picker takes the servers' load from a real node agent's reports, not its own scrapes.
+pub async fn through_epp(
+    requests: &[ChatRequest],
+    load: &LoadSpec,
+    args: (f64, u64, SocketAddr),
+    progress: &ProgressBar,
+) -> anyhow::Result<RunResult> {
+    let (speed, seed, vip) = args;
+    let fleet = Fleet::start(speed, seed)
+        .await
+        .context("cannot start the simulated servers")?;
+    let epp = Epp::start(&fleet.addrs(), "switchyard", vip, seed).await?;
+    let mut agent = AgentProcess::spawn(&fleet.addrs(), epp.reports_addr, None)?;
+    agent.wait_covered(&epp, fleet.addrs().len()).await?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .context("cannot bind the gateway hop")?;
+    let gateway = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let hop = tokio::spawn(hop::serve(listener, epp.ext_proc, shutdown.clone()));
+    let records = loadgen::run(&Target::Base(gateway), requests, load, Some(progress)).await;
+    shutdown.cancel();
+    let _ = hop.await;
+    drop(agent);
+    epp.stop().await;
+    let servers = named(&fleet);
+    fleet.stop().await;
+    Ok(RunResult {
+        label: "EPP via ext-proc, agent-fed, switchyard".to_owned(),
         records: records?,
         servers,
     })

@@ -5,14 +5,15 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::bench::live::procs::ChildProcess;
 use crate::cluster::reports::{ClusterWeights, NodeReportsService, PoolDirectory, ReportsOptions};
 use crate::extproc::{EppError, EppServer, EppServerConfig, NodeReportsConfig};
 use crate::serving::{EjectionPolicy, Serving, ServingArgs};
@@ -22,6 +23,8 @@ pub const POOL_NAME: &str = "demo-pool";
 
 /// The endpoint picker, serving on free loopback ports until dropped.
 pub struct Epp {
+    /// The ext-proc port (plaintext), where a gateway asks for destinations.
+    pub ext_proc: SocketAddr,
     /// The node agents' report port.
     pub reports_addr: SocketAddr,
     pub reports: NodeReportsService,
@@ -64,12 +67,14 @@ impl Epp {
             .node_reports()
             .cloned()
             .context("the node-report service is configured")?;
+        let ext_proc = server.grpc_addr();
         let grpc = server
             .node_reports_addr()
             .context("the node-report port is configured")?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.serve(shutdown.clone()));
         Ok(Self {
+            ext_proc,
             reports_addr: grpc,
             reports,
             covered,
@@ -88,7 +93,7 @@ impl Epp {
     }
 
     /// Waits until agents cover `count` endpoints.
-    pub async fn wait_covered(&self, count: usize, limit: Duration) -> anyhow::Result<Duration> {
+    async fn wait_covered(&self, count: usize, limit: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let mut covered = self.covered.clone();
         tokio::time::timeout(limit, covered.wait_for(|set| set.len() >= count))
@@ -119,9 +124,10 @@ pub struct Steering<'a> {
     pub pin_root: &'a Path,
 }
 
-/// A `switchyard agent` child process; stopped (SIGTERM, then SIGKILL) when dropped.
+/// A `switchyard agent` child process, stopped when dropped.
 pub struct AgentProcess {
-    child: Child,
+    child: ChildProcess,
+    log: PathBuf,
 }
 
 impl AgentProcess {
@@ -141,9 +147,7 @@ impl AgentProcess {
             .args(["--log", "warn", "agent", "--node-name", "demo-node"])
             .args(["--endpoints", &list, "--epp", &epp.to_string()])
             .args(["--telemetry", "sim", "--metrics-port", "0"])
-            .args(["--metrics-address", "127.0.0.1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .args(["--metrics-address", "127.0.0.1"]);
         match steering {
             Some(steering) => {
                 command
@@ -159,43 +163,29 @@ impl AgentProcess {
                     .arg(std::env::temp_dir().join("switchyard-demo-no-pins"));
             }
         }
-        let child = command.spawn().context("cannot start `switchyard agent`")?;
-        Ok(Self { child })
+        let log =
+            std::env::temp_dir().join(format!("switchyard-demo-agent-{}.log", std::process::id()));
+        let child = ChildProcess::spawn("switchyard agent", command, Some(&log))?;
+        Ok(Self { child, log })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
-    /// Fails if the agent already exited (it printed why on stderr).
+    /// Fails if the agent already exited (the error names its log).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait().context("wait for the agent")? {
-            bail!("the agent exited early ({status}); its log is above");
+        self.child
+            .check_running()
+            .with_context(|| format!("the agent's log: {}", self.log.display()))
+    }
+
+    /// Waits until `epp` has the agent's reports for `count` endpoints.
+    pub async fn wait_covered(&mut self, epp: &Epp, count: usize) -> anyhow::Result<()> {
+        if let Err(err) = epp.wait_covered(count, Duration::from_secs(20)).await {
+            self.check_running()?;
+            return Err(err);
         }
         Ok(())
-    }
-
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
-        // SAFETY: kill(2) with a child pid we own and a valid signal number.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

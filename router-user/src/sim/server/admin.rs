@@ -1,10 +1,11 @@
 //! Everything but generation: health, models, metrics, the GPU view, load, faults.
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
@@ -15,7 +16,7 @@ use crate::sim::faults::{Faults, FaultsPatch, HealthFault, MetricsFault};
 use crate::sim::gpu::GpuReport;
 use crate::sim::metrics::{MetricsSnapshot, render};
 use crate::sim::prom_text::CONTENT_TYPE;
-use crate::telemetry::{EndpointLoad, GpuSample};
+use crate::telemetry::{EndpointLoad, EngineKind, GpuSample};
 
 /// FastAPI's answer for unknown paths, as vLLM sends it.
 pub(crate) async fn not_found() -> Response {
@@ -89,7 +90,14 @@ fn render_metrics(state: &AppState) -> String {
     render(&snapshot, &memory.lora_history)
 }
 
-pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// `GET /metrics[?name[]=...]`. A vLLM server answers the `name[]` query as prometheus_client's
+/// restricted registry does: only the samples named, with their families' HELP and TYPE lines.
+/// SGLang runs prometheus_client in multiprocess mode, whose restricted registry is empty; the
+/// simulator then ignores the query, and scrapers ask SGLang for whole pages anyway.
+pub(crate) async fn metrics(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let (mode, delay_ms) = {
         let faults = &state.faults.lock().faults;
         (faults.metrics, faults.metrics_delay_ms)
@@ -110,6 +118,14 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 .clone()
         }
         MetricsFault::Normal => render_metrics(&state),
+    };
+    let names = match state.kind {
+        EngineKind::Vllm => query.as_deref().map(requested_names),
+        _ => None,
+    };
+    let text = match names {
+        Some(names) if !names.is_empty() => restrict(&text, &names),
+        _ => text,
     };
     let mut response = text.into_response();
     response
@@ -211,5 +227,82 @@ pub(crate) async fn delete_faults(State(state): State<Arc<AppState>>) -> Respons
             Json(faults).into_response()
         }
         Err(err) => err.into_response(),
+    }
+}
+
+/// The `name[]` values of a query string (percent-decoded).
+fn requested_names(query: &str) -> HashSet<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .filter(|(key, _)| key == "name[]")
+        .map(|(_, value)| value.into_owned())
+        .collect()
+}
+
+/// The samples of `text` whose name is in `names`, each family's comment lines kept once before
+/// its first kept sample; families with no kept sample are left out entirely.
+fn restrict(text: &str, names: &HashSet<String>) -> String {
+    let mut out = String::with_capacity(text.len() / 4);
+    let mut comments = String::new();
+    let mut comments_written = false;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            if line.starts_with("# HELP ") {
+                comments.clear();
+                comments_written = false;
+            }
+            if !comments_written {
+                comments.push_str(line);
+                comments.push('\n');
+            }
+            continue;
+        }
+        let name = line
+            .split(|c: char| c == '{' || c.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default();
+        if names.contains(name) {
+            if !comments_written {
+                out.push_str(&comments);
+                comments_written = true;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "# HELP vllm:num_requests_running Running.\n# TYPE vllm:num_requests_running gauge\n\
+vllm:num_requests_running{model_name=\"m\"} 2.0\n\
+# HELP vllm:prefix_cache_hits Hits.\n# TYPE vllm:prefix_cache_hits counter\n\
+vllm:prefix_cache_hits_total{model_name=\"m\"} 10.0\n\
+vllm:prefix_cache_hits_created{model_name=\"m\"} 1.7e9\n";
+
+    #[test]
+    fn the_query_names_samples_percent_encoded_or_not() {
+        let names = requested_names(
+            "name%5B%5D=vllm%3Anum_requests_running&name[]=vllm:prefix_cache_hits_total&other=1",
+        );
+        assert_eq!(names.len(), 2);
+        assert!(names.contains("vllm:num_requests_running"));
+        assert!(names.contains("vllm:prefix_cache_hits_total"));
+    }
+
+    #[test]
+    fn only_named_samples_stay_with_their_family_comments() {
+        let names: HashSet<String> = ["vllm:prefix_cache_hits_total".to_owned()].into();
+        let page = restrict(PAGE, &names);
+        assert_eq!(
+            page,
+            "# HELP vllm:prefix_cache_hits Hits.\n# TYPE vllm:prefix_cache_hits counter\n\
+vllm:prefix_cache_hits_total{model_name=\"m\"} 10.0\n"
+        );
+        // A family name is not a sample name: prometheus_client returns nothing for it.
+        let family: HashSet<String> = ["vllm:prefix_cache_hits".to_owned()].into();
+        assert_eq!(restrict(PAGE, &family), "");
     }
 }

@@ -93,11 +93,12 @@ pub struct LiveBenchArgs {
         default_value = "direct,proxy,proxy-rr,epp,dataplane,sglang-cache-aware,sglang-rr"
     )]
     pub routers: Vec<RouterKind>,
-    /// Request rates (requests/s, Poisson); the last, higher one measures saturation.
-    #[arg(long, value_delimiter = ',', default_value = "30,120")]
+    /// Request rates (requests/s, Poisson): light, moderate, and one past what round-robin
+    /// routing sustains (throughput at saturation).
+    #[arg(long, value_delimiter = ',', default_value = "30,150,800")]
     pub rates: Vec<f64>,
     /// Most requests of one run.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 600)]
     pub requests: usize,
     /// Longest time requests are started for in one run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]

@@ -146,10 +146,9 @@ fn report_row(result: RunResult, is_lora: &[bool]) -> (String, RunSummary) {
         result.label,
         summary.ok,
         summary.sent,
-        summary.ttft_p90.map_or("-".to_owned(), |d| format!(
-            "{:.0} ms",
-            d.as_secs_f64() * 1e3
-        ))
+        summary
+            .ttft_p90
+            .map_or("-".to_owned(), |ms| format!("{ms:.0} ms"))
     );
     (result.label, summary)
 }
@@ -305,7 +304,7 @@ fn print_reading(rows: &[(String, RunSummary)]) {
         if let Some(theirs) = summary.ttft_p90 {
             println!(
                 "  behind the proxy, switchyard's p90 TTFT is {:.2}x {label}'s",
-                ours.as_secs_f64() / theirs.as_secs_f64().max(1e-9)
+                ours / theirs.max(1e-9)
             );
         }
     }

@@ -5,16 +5,18 @@ use std::time::Duration;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use super::runs::RunResult;
+use crate::bench::live::percentile_ms;
 
 /// Figures of one run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSummary {
     pub sent: usize,
     pub ok: usize,
-    pub ttft_p50: Option<Duration>,
-    pub ttft_p90: Option<Duration>,
-    pub ttft_p99: Option<Duration>,
-    pub e2e_p50: Option<Duration>,
+    /// Milliseconds.
+    pub ttft_p50: Option<f64>,
+    pub ttft_p90: Option<f64>,
+    pub ttft_p99: Option<f64>,
+    pub e2e_p50: Option<f64>,
     /// Prompt tokens the servers found in their prefix caches, of all prompt tokens.
     pub cached_share: Option<f64>,
     /// Successful requests per server name.
@@ -28,10 +30,8 @@ pub struct RunSummary {
 /// Summarises a run; `is_lora[i % len]` says whether request `i` named an adapter.
 pub fn summarize(run: &RunResult, is_lora: &[bool]) -> RunSummary {
     let ok: Vec<_> = run.records.iter().filter(|r| r.ok()).collect();
-    let mut ttfts: Vec<Duration> = ok.iter().filter_map(|r| r.ttft).collect();
-    let mut e2es: Vec<Duration> = ok.iter().map(|r| r.e2e).collect();
-    ttfts.sort_unstable();
-    e2es.sort_unstable();
+    let ttfts: Vec<Duration> = ok.iter().filter_map(|r| r.ttft).collect();
+    let e2es: Vec<Duration> = ok.iter().map(|r| r.e2e).collect();
     let (prompt, cached) = ok.iter().fold((0u64, 0u64), |(p, c), r| {
         (
             p + r.prompt_tokens.unwrap_or(0),
@@ -74,10 +74,10 @@ pub fn summarize(run: &RunResult, is_lora: &[bool]) -> RunSummary {
     RunSummary {
         sent: run.records.len(),
         ok: ok.len(),
-        ttft_p50: percentile(&ttfts, 0.50),
-        ttft_p90: percentile(&ttfts, 0.90),
-        ttft_p99: percentile(&ttfts, 0.99),
-        e2e_p50: percentile(&e2es, 0.50),
+        ttft_p50: percentile_ms(&ttfts, 0.50),
+        ttft_p90: percentile_ms(&ttfts, 0.90),
+        ttft_p99: percentile_ms(&ttfts, 0.99),
+        e2e_p50: percentile_ms(&e2es, 0.50),
         cached_share: (prompt > 0).then(|| cached as f64 / prompt as f64),
         per_server,
         lora_per_server,
@@ -85,20 +85,8 @@ pub fn summarize(run: &RunResult, is_lora: &[bool]) -> RunSummary {
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-fn ms(value: Option<Duration>) -> String {
-    value.map_or_else(
-        || "-".to_owned(),
-        |d| format!("{:.0}", d.as_secs_f64() * 1e3),
-    )
+fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}"))
 }
 
 /// The latency table: one row per run.
@@ -152,22 +140,4 @@ pub fn routing_table(rows: &[(String, RunSummary)]) -> Table {
         table.add_row(row);
     }
     table
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let values: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&values, 0.5), Some(Duration::from_millis(50)));
-        assert_eq!(percentile(&values, 0.99), Some(Duration::from_millis(99)));
-        assert_eq!(percentile(&values, 1.0), Some(Duration::from_millis(100)));
-        assert_eq!(percentile(&[], 0.5), None);
-        assert_eq!(
-            percentile(&[Duration::from_millis(7)], 0.01),
-            Some(Duration::from_millis(7))
-        );
-    }
 }

@@ -25,8 +25,10 @@ struct UsageEvent {
     usage: Option<UsageBlock>,
 }
 
-#[derive(Deserialize)]
-struct UsageBlock {
+/// The `usage` object of an OpenAI response or final stream chunk, read leniently (missing
+/// fields are zero or absent); convert it with `TokenUsage::from`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct UsageBlock {
     #[serde(default)]
     prompt_tokens: u64,
     #[serde(default)]
@@ -35,7 +37,7 @@ struct UsageBlock {
     prompt_tokens_details: Option<PromptDetails>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,

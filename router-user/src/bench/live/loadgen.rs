@@ -29,6 +29,8 @@ use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 
 use crate::bench::workload::ArrivalProcess;
+use crate::cluster::TokenUsage;
+use crate::serving::usage::UsageBlock;
 use crate::sim::SERVED_BY_HEADER;
 
 /// Path every request is sent to.
@@ -378,9 +380,7 @@ async fn exchange(
                 SseEvent::Usage(usage) => {
                     record.prompt_tokens = Some(usage.prompt_tokens);
                     record.completion_tokens = Some(usage.completion_tokens);
-                    record.cached_tokens = usage
-                        .prompt_tokens_details
-                        .and_then(|details| details.cached_tokens);
+                    record.cached_tokens = usage.cached_prompt_tokens;
                 }
                 SseEvent::Done => record.done = true,
                 SseEvent::Other => {}
@@ -412,7 +412,7 @@ struct Chunk {
     #[serde(default)]
     choices: Vec<ChunkChoice>,
     #[serde(default)]
-    usage: Option<Usage>,
+    usage: Option<UsageBlock>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,28 +430,12 @@ struct Delta {
     content: Option<String>,
 }
 
-#[derive(Debug, Deserialize, PartialEq)]
-struct Usage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    prompt_tokens_details: Option<PromptDetails>,
-}
-
-#[derive(Debug, Deserialize, PartialEq)]
-struct PromptDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
 /// What one `data:` line said.
 #[derive(Debug, PartialEq)]
 enum SseEvent {
     /// A chunk with non-empty content (or text).
     Content,
-    Usage(Usage),
+    Usage(TokenUsage),
     Done,
     /// Anything else (the role-only opening chunk, comments, unparsable data).
     Other,
@@ -499,7 +483,7 @@ fn classify(data: &[u8]) -> SseEvent {
     });
     match (content, chunk.usage) {
         (true, _) => SseEvent::Content,
-        (false, Some(usage)) => SseEvent::Usage(usage),
+        (false, Some(usage)) => SseEvent::Usage(usage.into()),
         (false, None) => SseEvent::Other,
     }
 }
@@ -605,12 +589,10 @@ mod tests {
             SseEvent::Other,
             SseEvent::Content,
             SseEvent::Content,
-            SseEvent::Usage(Usage {
+            SseEvent::Usage(TokenUsage {
                 prompt_tokens: 10,
                 completion_tokens: 2,
-                prompt_tokens_details: Some(PromptDetails {
-                    cached_tokens: Some(4),
-                }),
+                cached_prompt_tokens: Some(4),
             }),
             SseEvent::Other,
             SseEvent::Done,

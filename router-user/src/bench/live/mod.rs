@@ -654,7 +654,9 @@ async fn run_one(
     Ok(LiveRun { summary, records })
 }
 
-fn percentile_ms(values: &[Duration], quantile: f64) -> Option<f64> {
+/// The `quantile` of `values` in milliseconds (hdrhistogram, 3 significant digits); `None`
+/// when empty.
+pub fn percentile_ms(values: &[Duration], quantile: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
     }

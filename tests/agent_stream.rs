@@ -364,6 +364,11 @@ async fn the_endpoint_picker_takes_agent_reports_on_its_node_report_port() {
         Some(6),
         "the reported queue reached the picker's table"
     );
+    let page = epp.serving.metrics_text();
+    assert!(
+        page.contains("switchyard_epp_node_reports_total{outcome=\"applied\"}"),
+        "the node-report counters are on the EPP's /metrics page:\n{page}"
+    );
 
     shutdown.cancel();
     link.task.await.expect("link ends on shutdown");

@@ -197,6 +197,9 @@ impl EppServer {
                     reports.directory.clone(),
                     reports.options.clone(),
                 )?;
+                serving
+                    .metrics()
+                    .register_more(|registry| service.stats().register(registry));
                 Some((service, listener))
             }
             None => None,

@@ -130,7 +130,8 @@ pub struct EndpointScrape {
 
 /// Every metric, registered once.
 pub struct Metrics {
-    registry: Registry,
+    /// Written once more after start by [`Metrics::register_more`] (services started later).
+    registry: parking_lot::RwLock<Registry>,
     pool: String,
     models: Mutex<HashSet<Arc<str>>>,
     /// Endpoint label values of the per-endpoint counters, pruned when endpoints leave.
@@ -222,7 +223,7 @@ impl Metrics {
             endpoint_scrape_failures: Family::default(),
             config_reloads: Family::default(),
             active: Gauge::default(),
-            registry: Registry::default(),
+            registry: parking_lot::RwLock::new(Registry::default()),
         };
         let m = &metrics;
         let r = &mut registry;
@@ -377,9 +378,15 @@ impl Metrics {
             m.active.clone(),
         );
         Self {
-            registry,
+            registry: parking_lot::RwLock::new(registry),
             ..metrics
         }
+    }
+
+    /// Registers the metrics of a service started after this (the node-report service), so
+    /// one `/metrics` page shows them.
+    pub fn register_more(&self, register: impl FnOnce(&mut Registry)) {
+        register(&mut self.registry.write());
     }
 
     pub fn pool(&self) -> &str {
@@ -634,7 +641,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode(&mut out, &self.registry.read());
         out
     }
 }

@@ -128,6 +128,8 @@ pub struct Steering<'a> {
 pub struct AgentProcess {
     child: ChildProcess,
     log: PathBuf,
+    /// The agent failed: its log stays for the user to read.
+    keep_log: bool,
 }
 
 impl AgentProcess {
@@ -166,7 +168,11 @@ impl AgentProcess {
         let log =
             std::env::temp_dir().join(format!("switchyard-demo-agent-{}.log", std::process::id()));
         let child = ChildProcess::spawn("switchyard agent", command, Some(&log))?;
-        Ok(Self { child, log })
+        Ok(Self {
+            child,
+            log,
+            keep_log: false,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -175,9 +181,9 @@ impl AgentProcess {
 
     /// Fails if the agent already exited (the error names its log).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        self.child
-            .check_running()
-            .with_context(|| format!("the agent's log: {}", self.log.display()))
+        let running = self.child.check_running();
+        self.keep_log |= running.is_err();
+        running.with_context(|| format!("the agent's log: {}", self.log.display()))
     }
 
     /// Waits until `epp` has the agent's reports for `count` endpoints.
@@ -187,5 +193,13 @@ impl AgentProcess {
             return Err(err);
         }
         Ok(())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if !self.keep_log {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }

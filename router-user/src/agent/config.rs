@@ -341,6 +341,14 @@ fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|err| format!("`{text}`: {err}"))
 }
 
+const fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+const fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
 fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
     flag.or(file).unwrap_or(default)
 }
@@ -362,6 +370,10 @@ impl RunArgs {
     fn resolve_with(&self, file: &FileConfig) -> Result<AgentSettings, ConfigError> {
         let a = self.clone();
         let telemetry = file.one("telemetry", |text| TelemetryMode::from_str(text, true))?;
+        // A duration: the flag, else the file's value, else the default.
+        let dur = |flag: Option<Duration>, key: &str, default: Duration| {
+            Ok::<_, ConfigError>(pick(flag, file.one(key, duration)?, default))
+        };
         Ok(AgentSettings {
             node_name: a.node_name.or(file.one("node-name", |t| Ok(t.to_owned()))?),
             endpoints: pick_list(a.endpoints, file.many("endpoints", from_str)?),
@@ -384,11 +396,7 @@ impl RunArgs {
             pools: pick_list(a.pools, file.many("pool", from_str)?),
             telemetry: pick(a.telemetry, telemetry, TelemetryMode::Auto),
             sim_endpoints: pick_list(a.sim_endpoints, file.many("sim-endpoint", from_str)?),
-            sim_timeout: pick(
-                a.sim_timeout,
-                file.one("sim-timeout", duration)?,
-                Duration::from_millis(200),
-            ),
+            sim_timeout: dur(a.sim_timeout, "sim-timeout", ms(200))?,
             nvml_libraries: pick_list(a.nvml_libraries, file.many("nvml-library", from_str)?),
             gpu_map: pick_list(a.gpu_map, file.many("gpu-map", from_str)?),
             proc_root: pick(
@@ -402,47 +410,15 @@ impl RunArgs {
                 file.one("pin-root", from_str)?,
                 PathBuf::from(DEFAULT_PIN_ROOT),
             ),
-            scrape_interval: pick(
-                a.scrape_interval,
-                file.one("scrape-interval", duration)?,
-                Duration::from_millis(50),
-            ),
-            scrape_timeout: pick(
-                a.scrape_timeout,
-                file.one("scrape-timeout", duration)?,
-                Duration::from_millis(40),
-            ),
+            scrape_interval: dur(a.scrape_interval, "scrape-interval", ms(50))?,
+            scrape_timeout: dur(a.scrape_timeout, "scrape-timeout", ms(40))?,
             server_side_filter: !(a.no_server_side_filter || file.flag("no-server-side-filter")?),
-            report_interval: pick(
-                a.report_interval,
-                file.one("report-interval", duration)?,
-                Duration::from_millis(50),
-            ),
-            gpu_interval: pick(
-                a.gpu_interval,
-                file.one("gpu-interval", duration)?,
-                Duration::from_millis(100),
-            ),
-            unreachable_after: pick(
-                a.unreachable_after,
-                file.one("unreachable-after", duration)?,
-                Duration::from_millis(300),
-            ),
-            load_stale_after: pick(
-                a.load_stale_after,
-                file.one("load-stale-after", duration)?,
-                Duration::from_millis(500),
-            ),
-            cluster_fresh_for: pick(
-                a.cluster_fresh_for,
-                file.one("cluster-fresh-for", duration)?,
-                Duration::from_secs(3),
-            ),
-            cluster_half_life: pick(
-                a.cluster_half_life,
-                file.one("cluster-half-life", duration)?,
-                Duration::from_secs(10),
-            ),
+            report_interval: dur(a.report_interval, "report-interval", ms(50))?,
+            gpu_interval: dur(a.gpu_interval, "gpu-interval", ms(100))?,
+            unreachable_after: dur(a.unreachable_after, "unreachable-after", ms(300))?,
+            load_stale_after: dur(a.load_stale_after, "load-stale-after", ms(500))?,
+            cluster_fresh_for: dur(a.cluster_fresh_for, "cluster-fresh-for", secs(3))?,
+            cluster_half_life: dur(a.cluster_half_life, "cluster-half-life", secs(10))?,
             metrics: SocketAddr::new(
                 pick(
                     a.metrics_address,

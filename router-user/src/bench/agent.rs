@@ -12,7 +12,6 @@
 //!   then drops the requests and polls until the weight is back. Each direction is timed from
 //!   the moment the change is made at the server.
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use tokio::net::TcpStream;
 use super::cpu::process_cpu;
 use crate::cluster::reports::{NodeReportsService, PoolDirectory, ReportsOptions};
 use crate::cluster::{EndpointMeta, EndpointTable};
-use crate::dataplane::{BackendState, Dataplane, cgroup::TempCgroup};
+use crate::dataplane::{BackendState, Dataplane, scratch::SteeringScratch};
 use crate::sim::{Profile, RunningServer, ServerConfig, SimServer};
 
 const VIP: &str = "10.96.251.1:8000";
@@ -98,48 +97,6 @@ pub struct AgentBenchReport {
     pub without_steering: Option<String>,
 }
 
-/// A cgroup and pin root for the agent under test, removed on drop.
-struct SteeringFixture {
-    cgroup: Option<TempCgroup>,
-    pin_root: PathBuf,
-}
-
-impl SteeringFixture {
-    fn create(name: &str) -> Result<Self, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root".into());
-        }
-        let cgroup = TempCgroup::create(name).map_err(|err| err.to_string())?;
-        let pin_root = PathBuf::from("/sys/fs/bpf").join(name);
-        let _ = Dataplane::detach_pinned(&pin_root);
-        Ok(Self {
-            cgroup: Some(cgroup),
-            pin_root,
-        })
-    }
-
-    fn cgroup(&self) -> PathBuf {
-        self.cgroup
-            .as_ref()
-            .map(|c| c.path().to_path_buf())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for SteeringFixture {
-    fn drop(&mut self) {
-        if let Err(err) = Dataplane::detach_pinned(&self.pin_root) {
-            tracing::warn!(error = %err, "bench: detach failed");
-        }
-        if let Some(cgroup) = self.cgroup.take()
-            && let Err(err) = cgroup.remove()
-        {
-            tracing::warn!(error = %err, "bench: cgroup removal failed");
-        }
-    }
-}
-
 /// The agent process under test; killed if the bench stops early.
 struct AgentProcess {
     child: Option<Child>,
@@ -151,7 +108,7 @@ impl AgentProcess {
         endpoints: &[SocketAddr],
         interval: Duration,
         epp: Option<SocketAddr>,
-        steering: Option<&SteeringFixture>,
+        steering: Option<&SteeringScratch>,
     ) -> anyhow::Result<Self> {
         let http = free_port()?;
         let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
@@ -177,7 +134,7 @@ impl AgentProcess {
         match steering {
             Some(fixture) => {
                 command.arg("--cgroup").arg(fixture.cgroup());
-                command.arg("--pin-root").arg(&fixture.pin_root);
+                command.arg("--pin-root").arg(fixture.pin_root());
             }
             None => {
                 command.args(["--pin-root", "/nonexistent/switchyard-bench"]);
@@ -314,13 +271,10 @@ async fn cpu_run(
     let servers = start_sims(endpoints, false).await?;
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let fixture = if steering {
-        Some(
-            SteeringFixture::create(&format!(
-                "sy-bench-agent-{}-{endpoints}",
-                std::process::id()
-            ))
-            .map_err(anyhow::Error::msg)?,
-        )
+        Some(SteeringScratch::create(&format!(
+            "sy-bench-agent-{}-{endpoints}",
+            std::process::id()
+        ))?)
     } else {
         None
     };
@@ -419,9 +373,24 @@ fn poll_map(
     None
 }
 
+/// [`poll_map`] off the runtime's thread.
+async fn map_follows(
+    dataplane: &Arc<Dataplane>,
+    vip: SocketAddr,
+    target: SocketAddr,
+    done: fn(u32, u32) -> bool,
+    timeout: Duration,
+) -> anyhow::Result<Option<Instant>> {
+    let dataplane = dataplane.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || poll_map(&dataplane, vip, target, done, timeout))
+            .await?,
+    )
+}
+
 async fn latency_run(
     args: &AgentBenchArgs,
-    fixture: &SteeringFixture,
+    fixture: &SteeringScratch,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<LatencyFigure>> {
     let servers = start_sims(args.latency_endpoints as usize, true).await?;
@@ -429,7 +398,7 @@ async fn latency_run(
     let agent = AgentProcess::spawn(&addrs, args.interval, None, Some(fixture))?;
     agent.wait_ready().await?;
     let vip: SocketAddr = VIP.parse()?;
-    let dataplane = Arc::new(Dataplane::open_pinned(&fixture.pin_root)?);
+    let dataplane = Arc::new(Dataplane::open_pinned(fixture.pin_root())?);
     let timeout = Duration::from_secs(5);
     let mut up = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut down = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -437,19 +406,14 @@ async fn latency_run(
     for change in 0..args.changes {
         let target = addrs[change as usize % addrs.len()];
         // Start from a settled pool, at a random phase of the scrape cycle.
-        let settled = {
-            let dataplane = dataplane.clone();
-            tokio::task::spawn_blocking(move || {
-                poll_map(
-                    &dataplane,
-                    vip,
-                    target,
-                    |mine, others| others > 0 && mine * 100 >= others * 95,
-                    timeout,
-                )
-            })
-            .await?
-        };
+        let settled = map_follows(
+            &dataplane,
+            vip,
+            target,
+            |mine, others| others > 0 && mine * 100 >= others * 95,
+            timeout,
+        )
+        .await?;
         if settled.is_none() {
             bail!("the pool did not settle before change {change}");
         }
@@ -458,19 +422,14 @@ async fn latency_run(
 
         let held = queue_on(target, 5).await?;
         let changed_at = Instant::now();
-        let seen = {
-            let dataplane = dataplane.clone();
-            tokio::task::spawn_blocking(move || {
-                poll_map(
-                    &dataplane,
-                    vip,
-                    target,
-                    |mine, others| mine * 2 < others,
-                    timeout,
-                )
-            })
-            .await?
-        };
+        let seen = map_follows(
+            &dataplane,
+            vip,
+            target,
+            |mine, others| mine * 2 < others,
+            timeout,
+        )
+        .await?;
         let seen = seen.with_context(|| {
             format!("change {change}: the map did not follow within {timeout:?}")
         })?;
@@ -478,19 +437,14 @@ async fn latency_run(
 
         drop(held);
         let released_at = Instant::now();
-        let back = {
-            let dataplane = dataplane.clone();
-            tokio::task::spawn_blocking(move || {
-                poll_map(
-                    &dataplane,
-                    vip,
-                    target,
-                    |mine, others| mine * 100 >= others * 95,
-                    timeout,
-                )
-            })
-            .await?
-        };
+        let back = map_follows(
+            &dataplane,
+            vip,
+            target,
+            |mine, others| mine * 100 >= others * 95,
+            timeout,
+        )
+        .await?;
         let back = back.with_context(|| {
             format!("change {change}: the weight did not come back within {timeout:?}")
         })?;
@@ -516,7 +470,13 @@ pub async fn run(args: AgentBenchArgs) -> anyhow::Result<()> {
     if args.endpoints.iter().any(|n| *n == 0 || *n > 256) {
         bail!("--endpoints: each count must be from 1 to 256");
     }
-    let steering = SteeringFixture::create(&format!("sy-bench-agent-{}", std::process::id()));
+    // SAFETY: geteuid has no preconditions.
+    let steering = if unsafe { libc::geteuid() } == 0 {
+        SteeringScratch::create(&format!("sy-bench-agent-{}", std::process::id()))
+            .map_err(|err| err.to_string())
+    } else {
+        Err("not root".to_owned())
+    };
     let without_steering = steering.as_ref().err().cloned();
     if let Some(reason) = &without_steering {
         eprintln!("running without steering ({reason}): CPU without map writes, no latency phase");

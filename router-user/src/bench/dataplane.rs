@@ -16,7 +16,6 @@
 use std::{
     io,
     net::SocketAddr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -29,9 +28,7 @@ use serde::Serialize;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig,
-    cgroup::{self, TempCgroup},
-    probe::BannerServer,
+    BackendSpec, Dataplane, DataplaneConfig, probe::BannerServer, scratch::SteeringScratch,
 };
 
 #[derive(Debug, Args)]
@@ -117,61 +114,18 @@ pub async fn run(args: DataplaneBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A temporary cgroup and pin directory for steering this process's own connects; cleans up
-/// whatever happens: back to the original cgroup, detach, remove the cgroup.
-pub(crate) struct Scratch {
-    pub home: PathBuf,
-    cgroup: Option<TempCgroup>,
-    pub pin_root: PathBuf,
-}
-
-impl Scratch {
-    /// A cgroup and pin root named `name` (unique per process: include the pid).
-    pub fn create(name: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            home: cgroup::current()?,
-            cgroup: Some(TempCgroup::create(name)?),
-            pin_root: PathBuf::from("/sys/fs/bpf").join(name),
-        })
-    }
-
-    pub fn cgroup_dir(&self) -> anyhow::Result<PathBuf> {
-        self.cgroup
-            .as_ref()
-            .map(|c| c.path().to_path_buf())
-            .context("benchmark cgroup")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(err) = cgroup::join(&self.home, 0) {
-            tracing::warn!(error = %err, "cannot move back to the original cgroup");
-        }
-        if let Err(err) = Dataplane::detach_pinned(&self.pin_root) {
-            tracing::warn!(error = %err, "cannot detach the benchmark's dataplane");
-        }
-        if let Some(cgroup) = self.cgroup.take()
-            && let Err(err) = cgroup.remove()
-        {
-            tracing::warn!(error = %err, "cannot remove the benchmark's cgroup");
-        }
-    }
-}
-
 fn measure(args: &DataplaneBenchArgs) -> anyhow::Result<DataplaneBenchReport> {
     let name = format!("switchyard-bench-{}", std::process::id());
-    let scratch = Scratch::create(&name)?;
-    let cgroup_dir = scratch.cgroup_dir()?;
+    let scratch = SteeringScratch::create(&name)?;
     let server = BannerServer::start("", SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let mut dataplane = Dataplane::load(&DataplaneConfig {
-        cgroup: cgroup_dir.clone(),
-        pin_root: scratch.pin_root.clone(),
+        cgroup: scratch.cgroup().to_path_buf(),
+        pin_root: scratch.pin_root().to_path_buf(),
     })?;
     dataplane.set_pool(args.vip, &[BackendSpec::new(server.addr(), 1)])?;
 
     // Check the VIP arm really is steered before timing it.
-    cgroup::join(&cgroup_dir, 0)?;
+    scratch.enter()?;
     let socket = open_connected(args.vip).context("connect to the VIP from the cgroup")?;
     if dataplane.socket_steering(&socket)?.is_none() {
         bail!("a connect to {} from the cgroup was not steered", args.vip);
@@ -192,7 +146,7 @@ fn measure(args: &DataplaneBenchArgs) -> anyhow::Result<DataplaneBenchReport> {
         timed_connect(args.vip)?;
         progress.inc(2);
     }
-    cgroup::join(&scratch.home, 0)?;
+    scratch.leave()?;
     for _ in 0..args.warmup {
         timed_connect(server.addr())?;
         progress.inc(1);
@@ -203,7 +157,7 @@ fn measure(args: &DataplaneBenchArgs) -> anyhow::Result<DataplaneBenchReport> {
     let mut done = 0;
     while done < args.iterations {
         let n = per_round.min(args.iterations - done);
-        cgroup::join(&cgroup_dir, 0)?;
+        scratch.enter()?;
         for i in 0..n {
             // ABBA: neither arm always runs first.
             if i % 2 == 0 {
@@ -215,7 +169,7 @@ fn measure(args: &DataplaneBenchArgs) -> anyhow::Result<DataplaneBenchReport> {
             }
             progress.inc(2);
         }
-        cgroup::join(&scratch.home, 0)?;
+        scratch.leave()?;
         for _ in 0..n {
             record(&mut baseline, timed_connect(server.addr())?);
             progress.inc(1);
@@ -225,7 +179,7 @@ fn measure(args: &DataplaneBenchArgs) -> anyhow::Result<DataplaneBenchReport> {
     progress.finish_and_clear();
 
     let programs = if args.stats_iterations > 0 {
-        cgroup::join(&cgroup_dir, 0)?;
+        scratch.enter()?;
         let costs = program_costs(&dataplane, "direct", server.addr(), args.stats_iterations)
             .and_then(|mut direct| {
                 direct.extend(program_costs(
@@ -236,7 +190,7 @@ fn measure(args: &DataplaneBenchArgs) -> anyhow::Result<DataplaneBenchReport> {
                 )?);
                 Ok(direct)
             });
-        cgroup::join(&scratch.home, 0)?;
+        scratch.leave()?;
         costs?
     } else {
         Vec::new()

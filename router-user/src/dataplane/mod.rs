@@ -17,6 +17,7 @@ mod maps;
 pub mod pins;
 mod pools;
 pub mod probe;
+pub mod scratch;
 pub mod spec;
 pub mod table;
 

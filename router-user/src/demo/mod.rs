@@ -27,11 +27,11 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench::live::loadgen::LoadSpec;
+use crate::dataplane::scratch::SteeringScratch;
 use fleet::Fleet;
 use report::{RunSummary, latency_table, routing_table, summarize};
 use runs::RunResult;
-use stack::{AgentProcess, Epp, Steering};
-use steered::SteeringScratch;
+use stack::{AgentProcess, Epp};
 use workload::MixShape;
 
 #[derive(Debug, Args)]
@@ -70,16 +70,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let shape = MixShape::default();
     let count = args.requests as usize;
-    let requests = workload::requests(shape, count, args.seed);
-    let is_lora: Vec<bool> = requests
-        .iter()
-        .map(|r| {
-            let body = String::from_utf8_lossy(&r.body);
-            fleet::ADAPTERS
-                .iter()
-                .any(|name| body.contains(&format!("\"model\":\"{name}\"")))
-        })
-        .collect();
+    let workload::Mix {
+        requests,
+        lora: is_lora,
+    } = workload::requests(shape, count, args.seed);
     let load = LoadSpec {
         rate: args.rate,
         max_requests: count,
@@ -189,15 +183,14 @@ async fn control_plane(
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let scratch = if root && !args.no_dataplane {
-        Some(SteeringScratch::create()?)
+        Some(SteeringScratch::create(&format!(
+            "switchyard-demo-{}",
+            std::process::id()
+        ))?)
     } else {
         None
     };
-    let steering = scratch.as_ref().map(|s| Steering {
-        cgroup: s.cgroup_path(),
-        pin_root: &s.pin_root,
-    });
-    let mut agent = AgentProcess::spawn(&addrs, epp.reports_addr, steering)?;
+    let mut agent = AgentProcess::spawn(&addrs, epp.reports_addr, scratch.as_ref())?;
     agent.wait_covered(&epp, addrs.len()).await?;
     println!(
         "agent (pid {}) scrapes the 4 servers every 50 ms, reads their simulated GPUs and streams node reports to the EPP at {};",
@@ -207,7 +200,7 @@ async fn control_plane(
     println!(
         "the EPP has {} node connected and takes the load of {} of {} endpoints from its reports (it scrapes none itself).",
         epp.reports.connected_nodes(),
-        epp.covered().len(),
+        epp.covered_count(),
         addrs.len()
     );
     let names = runs::named(&fleet);
@@ -223,7 +216,7 @@ async fn control_plane(
                 args.vip
             );
             let pool = steered::wait_for_pool(
-                &scratch.pin_root,
+                scratch.pin_root(),
                 args.vip,
                 addrs.len(),
                 Duration::from_secs(10),
@@ -233,14 +226,14 @@ async fn control_plane(
                 "the agent programmed {} (generation {}) into the cgroup {}; this process joins it and sends the workload to the VIP, one connection per request",
                 pool.vip,
                 pool.generation,
-                scratch.cgroup_path().display()
+                scratch.cgroup().display()
             );
             let bar = progress(requests.len(), "eBPF dataplane");
             let (run, opened) =
                 steered::run_through_vip(scratch, args.vip, names.clone(), requests, load, &bar)
                     .await?;
             bar.finish_and_clear();
-            let pool = steered::wait_for_pool(&scratch.pin_root, args.vip, 1, Duration::ZERO)
+            let pool = steered::wait_for_pool(scratch.pin_root(), args.vip, 1, Duration::ZERO)
                 .await
                 .unwrap_or(pool);
             println!("{}", steered::pool_table(&pool, &names, &opened));

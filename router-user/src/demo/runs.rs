@@ -84,9 +84,10 @@ pub async fn through_epp(
     let fleet = Fleet::start(speed, seed)
         .await
         .context("cannot start the simulated servers")?;
-    let epp = Epp::start(&fleet.addrs(), "switchyard", vip, seed).await?;
-    let mut agent = AgentProcess::spawn(&fleet.addrs(), epp.reports_addr, None)?;
-    agent.wait_covered(&epp, fleet.addrs().len()).await?;
+    let addrs = fleet.addrs();
+    let epp = Epp::start(&addrs, "switchyard", vip, seed).await?;
+    let mut agent = AgentProcess::spawn(&addrs, epp.reports_addr, None)?;
+    agent.wait_covered(&epp, addrs.len()).await?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .context("cannot bind the gateway hop")?;

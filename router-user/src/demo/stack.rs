@@ -4,7 +4,7 @@
 //! and, as root, programs the eBPF dataplane of a temporary cgroup with the pool's weights.
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bench::live::procs::ChildProcess;
 use crate::cluster::reports::{ClusterWeights, NodeReportsService, PoolDirectory, ReportsOptions};
+use crate::dataplane::scratch::SteeringScratch;
 use crate::extproc::{EppError, EppServer, EppServerConfig, NodeReportsConfig};
 use crate::serving::{EjectionPolicy, Serving, ServingArgs};
 
@@ -83,9 +84,9 @@ impl Epp {
         })
     }
 
-    /// Endpoints whose load comes from agents' reports (not scraped by the EPP).
-    pub fn covered(&self) -> HashSet<SocketAddr> {
-        self.covered.borrow().clone()
+    /// How many endpoints take their load from agents' reports (not scraped by the EPP).
+    pub fn covered_count(&self) -> usize {
+        self.covered.borrow().len()
     }
 
     pub fn weights(&self) -> Arc<ClusterWeights> {
@@ -118,12 +119,6 @@ impl Epp {
     }
 }
 
-/// Where the agent steers connects (root only).
-pub struct Steering<'a> {
-    pub cgroup: &'a Path,
-    pub pin_root: &'a Path,
-}
-
 /// A `switchyard agent` child process, stopped when dropped.
 pub struct AgentProcess {
     child: ChildProcess,
@@ -136,7 +131,7 @@ impl AgentProcess {
     pub fn spawn(
         endpoints: &[SocketAddr],
         epp: SocketAddr,
-        steering: Option<Steering<'_>>,
+        steering: Option<&SteeringScratch>,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("switchyard"));
         let list = endpoints
@@ -154,9 +149,9 @@ impl AgentProcess {
             Some(steering) => {
                 command
                     .arg("--cgroup")
-                    .arg(steering.cgroup)
+                    .arg(steering.cgroup())
                     .arg("--pin-root")
-                    .arg(steering.pin_root);
+                    .arg(steering.pin_root());
             }
             // No root: no dataplane; point the pins somewhere empty so nothing is adopted.
             None => {

@@ -4,51 +4,17 @@
 //! by the kernel at connect() time with no proxy hop.
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::ProgressBar;
 
 use super::runs::RunResult;
 use crate::bench::live::loadgen::{self, ChatRequest, LoadSpec, Target};
-use crate::dataplane::{Dataplane, PoolView, cgroup};
-
-/// The temporary cgroup and pin directory of the demo; removed when dropped.
-pub struct SteeringScratch {
-    pub cgroup: Option<cgroup::TempCgroup>,
-    pub pin_root: PathBuf,
-}
-
-impl SteeringScratch {
-    pub fn create() -> anyhow::Result<Self> {
-        let name = format!("switchyard-demo-{}", std::process::id());
-        Ok(Self {
-            cgroup: Some(cgroup::TempCgroup::create(&name)?),
-            pin_root: PathBuf::from("/sys/fs/bpf").join(name),
-        })
-    }
-
-    pub fn cgroup_path(&self) -> &Path {
-        self.cgroup.as_ref().map_or(Path::new(""), |c| c.path())
-    }
-}
-
-impl Drop for SteeringScratch {
-    fn drop(&mut self) {
-        if self.pin_root.exists()
-            && let Err(err) = Dataplane::detach_pinned(&self.pin_root)
-        {
-            eprintln!("demo cleanup: detaching the dataplane failed: {err}");
-        }
-        if let Some(cgroup) = self.cgroup.take()
-            && let Err(err) = cgroup.remove()
-        {
-            eprintln!("demo cleanup: {err}");
-        }
-    }
-}
+use crate::dataplane::scratch::SteeringScratch;
+use crate::dataplane::{Dataplane, PoolView};
 
 /// Waits until the agent has programmed `vip` with `backends` eligible backends.
 pub async fn wait_for_pool(
@@ -83,17 +49,16 @@ pub async fn run_through_vip(
     load: &LoadSpec,
     progress: &ProgressBar,
 ) -> anyhow::Result<(RunResult, HashMap<SocketAddr, u64>)> {
-    let dataplane = Dataplane::open_pinned(&scratch.pin_root)?;
+    let dataplane = Dataplane::open_pinned(scratch.pin_root())?;
     let before = dataplane.connection_counts()?;
-    let home = cgroup::current().context("cannot tell this process's cgroup")?;
-    cgroup::join(scratch.cgroup_path(), 0)?;
+    scratch.enter()?;
     let load = LoadSpec {
         fresh_connections: true,
         ..load.clone()
     };
     let records = loadgen::run(&Target::Base(vip), requests, &load, Some(progress)).await;
     // Back home before anything else, so the cgroup can be removed whatever happened.
-    cgroup::join(&home, 0).with_context(|| format!("cannot move back to {}", home.display()))?;
+    scratch.leave()?;
     let after = dataplane.connection_counts()?;
     let opened = servers
         .iter()

@@ -33,8 +33,14 @@ impl Default for MixShape {
     }
 }
 
+/// The requests of a run and, for each, whether it names a LoRA adapter.
+pub struct Mix {
+    pub requests: Vec<ChatRequest>,
+    pub lora: Vec<bool>,
+}
+
 /// `count` requests, the same for the same seed; each policy gets this very list.
-pub fn requests(shape: MixShape, count: usize, seed: u64) -> Vec<ChatRequest> {
+pub fn requests(shape: MixShape, count: usize, seed: u64) -> Mix {
     let text = |model: &str, groups: u32| SharedPrefixText {
         model: model.to_owned(),
         groups,
@@ -50,16 +56,21 @@ pub fn requests(shape: MixShape, count: usize, seed: u64) -> Vec<ChatRequest> {
         .collect();
     let zipf = Zipf::new(ADAPTERS.len() as f64, 1.2).expect("constant Zipf parameters are valid");
     let mut rng = StdRng::seed_from_u64(seed ^ 0x10_7a);
-    (0..count)
-        .map(|i| {
-            if rng.random_bool(LORA_SHARE) {
-                let adapter = (zipf.sample(&mut rng) as usize).clamp(1, ADAPTERS.len()) - 1;
-                adapters[adapter][i].clone()
-            } else {
-                base[i].clone()
-            }
-        })
-        .collect()
+    let mut mix = Mix {
+        requests: Vec::with_capacity(count),
+        lora: Vec::with_capacity(count),
+    };
+    for i in 0..count {
+        let lora = rng.random_bool(LORA_SHARE);
+        mix.requests.push(if lora {
+            let adapter = (zipf.sample(&mut rng) as usize).clamp(1, ADAPTERS.len()) - 1;
+            adapters[adapter][i].clone()
+        } else {
+            base[i].clone()
+        });
+        mix.lora.push(lora);
+    }
+    mix
 }
 
 #[cfg(test)]
@@ -74,9 +85,15 @@ mod tests {
         };
         let a = requests(shape, 200, 7);
         let b = requests(shape, 200, 7);
-        assert_eq!(a.len(), 200);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.body == y.body));
+        assert_eq!(a.requests.len(), 200);
+        assert!(
+            a.requests
+                .iter()
+                .zip(&b.requests)
+                .all(|(x, y)| x.body == y.body)
+        );
         let lora = a
+            .requests
             .iter()
             .filter(|r| {
                 let body = String::from_utf8_lossy(&r.body);
@@ -84,5 +101,6 @@ mod tests {
             })
             .count();
         assert!((20..=70).contains(&lora), "about a fifth are LoRA: {lora}");
+        assert_eq!(lora, a.lora.iter().filter(|l| **l).count());
     }
 }

@@ -145,8 +145,8 @@ impl EppArgs {
 }
 
 pub async fn run(args: EppArgs) -> anyhow::Result<()> {
-    // Endpoints reported by node agents; the node-report service (mounted in
-    // `server::grpc_routes`) publishes into it, and the agent-less scraper skips them.
+    // Endpoints reported by node agents: the node-report service publishes into it, and the
+    // agent-less scraper skips them.
     let (covered_tx, covered_rx) = watch::channel(HashSet::new());
     let serving = Serving::start(&args.serving, EjectionPolicy::default(), covered_rx)
         .await

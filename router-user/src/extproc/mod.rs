@@ -7,8 +7,8 @@
 //! - [`protocol`]: message readers and answer builders (Envoy's rules).
 //! - [`exchange`]: one stream's state machine.
 //! - [`service`]: the tonic `ExternalProcessor` service.
-//! - [`server`]: listeners, health, TLS, drain; [`server::grpc_routes`] is where further gRPC
-//!   services join the ext-proc port.
+//! - [`server`]: listeners, health, TLS, drain; [`server::grpc_routes`] lists the services of
+//!   the ext-proc port.
 //! - [`tls`]: certificates; [`cli`]: `switchyard epp`; [`envoy`]: Envoy's messages, for tools
 //!   and tests that play Envoy.
 pub mod cli;
@@ -21,8 +21,7 @@ pub mod tls;
 
 pub use exchange::{Exchange, ExchangeConfig, Step};
 pub use server::{
-    EXT_PROC_SERVICE, EppError, EppServer, EppServerConfig, GrpcParts, NodeReportsConfig,
-    grpc_routes,
+    EXT_PROC_SERVICE, EppError, EppServer, EppServerConfig, NodeReportsConfig, grpc_routes,
 };
 pub use service::ExtProcService;
 pub use tls::{TlsMaterial, TlsSource};

@@ -111,48 +111,32 @@ pub enum EppError {
     ReportsTls(#[from] ReportsTlsError),
 }
 
-/// What the gRPC services of the ext-proc port are built from.
-pub struct GrpcParts {
-    pub serving: Arc<Serving>,
-    pub ext_proc: ExtProcService,
-    pub health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
-    /// Endpoints covered by node agents (the node-report service publishes into it; the
-    /// agent-less scraper skips them).
-    pub covered: watch::Sender<HashSet<SocketAddr>>,
-}
-
 /// Every gRPC service served on the ext-proc port (9002): ext-proc and gRPC health.
-pub fn grpc_routes(parts: &GrpcParts) -> Routes {
+pub fn grpc_routes(
+    ext_proc: ExtProcService,
+    health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+) -> Routes {
     let mut routes = RoutesBuilder::default();
     routes
         .add_service(
-            ExternalProcessorServer::new(parts.ext_proc.clone())
-                .max_decoding_message_size(MAX_DECODING_MESSAGE),
+            ExternalProcessorServer::new(ext_proc).max_decoding_message_size(MAX_DECODING_MESSAGE),
         )
-        .add_service(parts.health.clone());
+        .add_service(health);
     routes.routes()
 }
 
-/// Publishes the endpoints agents cover to the agent-less scraper, until either side ends.
-async fn forward_coverage(
-    mut from: watch::Receiver<HashSet<SocketAddr>>,
-    to: watch::Sender<HashSet<SocketAddr>>,
-) {
-    loop {
-        let covered = from.borrow_and_update().clone();
-        to.send_replace(covered);
-        if from.changed().await.is_err() || to.is_closed() {
-            return;
-        }
-    }
+/// The node agents' port, bound, with its service and TLS (loaded once, at bind).
+struct NodeReportsPort {
+    service: NodeReportsService,
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// The bound listeners, ready to serve.
 pub struct EppServer {
     config: EppServerConfig,
     serving: Arc<Serving>,
-    covered: watch::Sender<HashSet<SocketAddr>>,
-    node_reports: Option<(NodeReportsService, TcpListener)>,
+    node_reports: Option<NodeReportsPort>,
     grpc: TcpListener,
     health: TcpListener,
     metrics: TcpListener,
@@ -188,26 +172,33 @@ impl EppServer {
         let metrics = bind("metrics", config.listen_host, config.metrics_port).await?;
         let node_reports = match &config.node_reports {
             Some(reports) => {
-                if let Some(tls) = &reports.tls {
-                    tls.server_config()?; // fail at start on unreadable certificates
-                }
+                // Loaded here, so unreadable certificates fail the start.
+                let tls = reports
+                    .tls
+                    .as_ref()
+                    .map(TlsFiles::server_config)
+                    .transpose()?;
                 let listener = bind("node reports", config.listen_host, reports.port).await?;
-                let service = NodeReportsService::new(
+                let service = NodeReportsService::publishing_coverage(
                     serving.table().clone(),
                     reports.directory.clone(),
                     reports.options.clone(),
+                    covered.clone(),
                 )?;
                 serving
                     .metrics()
                     .register_more(|registry| service.stats().register(registry));
-                Some((service, listener))
+                Some(NodeReportsPort {
+                    service,
+                    listener,
+                    tls,
+                })
             }
             None => None,
         };
         Ok(Self {
             config,
             serving,
-            covered,
             node_reports,
             grpc,
             health,
@@ -231,14 +222,12 @@ impl EppServer {
     /// The node agents' report service (connected nodes, coverage, cluster weights), when
     /// configured.
     pub fn node_reports(&self) -> Option<&NodeReportsService> {
-        self.node_reports.as_ref().map(|(service, _)| service)
+        self.node_reports.as_ref().map(|port| &port.service)
     }
 
     /// Where node agents connect, when node reports are on.
     pub fn node_reports_addr(&self) -> Option<SocketAddr> {
-        self.node_reports
-            .as_ref()
-            .map(|(_, listener)| local(listener))
+        self.node_reports.as_ref().map(|port| local(&port.listener))
     }
 
     /// The serving certificate (PEM), when TLS is on.
@@ -264,12 +253,6 @@ impl EppServer {
         ));
 
         let ext_proc = ExtProcService::new(self.serving.admission().clone(), self.config.exchange);
-        let parts = GrpcParts {
-            serving: self.serving.clone(),
-            ext_proc,
-            health: health.clone(),
-            covered: self.covered.clone(),
-        };
         let stop_accepting = CancellationToken::new();
         let mut grpc_server = Server::builder().tcp_nodelay(true);
         if let Some(tls) = &self.tls {
@@ -279,7 +262,7 @@ impl EppServer {
         let grpc_stop = stop_accepting.clone();
         let mut grpc_task = tokio::spawn(
             grpc_server
-                .add_routes(grpc_routes(&parts))
+                .add_routes(grpc_routes(ext_proc, health.clone()))
                 .serve_with_incoming_shutdown(
                     grpc_incoming,
                     async move { grpc_stop.cancelled().await },
@@ -296,16 +279,14 @@ impl EppServer {
                 }),
         );
         let reports_task = match self.node_reports {
-            Some((service, listener)) => {
-                tokio::spawn(forward_coverage(service.covered(), self.covered.clone()));
+            Some(NodeReportsPort {
+                service,
+                listener,
+                tls,
+            }) => {
                 let mut server = Server::builder().tcp_nodelay(true);
-                if let Some(tls) = self
-                    .config
-                    .node_reports
-                    .as_ref()
-                    .and_then(|r| r.tls.as_ref())
-                {
-                    server = server.tls_config(tls.server_config()?)?;
+                if let Some(tls) = tls {
+                    server = server.tls_config(tls)?;
                 }
                 let stop = finished.clone();
                 let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

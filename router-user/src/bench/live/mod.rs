@@ -43,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 use self::loadgen::{LoadSpec, RequestRecord, SharedPrefixText, Target};
 use self::procs::{ChildProcess, SimCounters, free_port, http_request, sim_counters};
 use crate::bench::cpu::threads_cpu;
-use crate::bench::dataplane::Scratch;
-use crate::dataplane::{BackendSpec, Dataplane, DataplaneConfig, cgroup as dp_cgroup};
+use crate::dataplane::scratch::SteeringScratch;
+use crate::dataplane::{BackendSpec, Dataplane, DataplaneConfig};
 
 /// Thread-name prefix of the EPP hop's runtime (its CPU is charged to the `epp` router).
 const HOP_THREADS: &str = "sy-live-hop";
@@ -566,17 +566,16 @@ async fn start_router(
 struct Steering {
     // Dropped first: the programs detach before the cgroup goes.
     _dataplane: Dataplane,
-    scratch: Scratch,
-    cgroup: PathBuf,
+    scratch: SteeringScratch,
 }
 
 impl Steering {
     fn start(vip: SocketAddr, servers: &[SocketAddr]) -> anyhow::Result<Self> {
-        let scratch = Scratch::create(&format!("switchyard-bench-live-{}", std::process::id()))?;
-        let cgroup = scratch.cgroup_dir()?;
+        let scratch =
+            SteeringScratch::create(&format!("switchyard-bench-live-{}", std::process::id()))?;
         let mut dataplane = Dataplane::load(&DataplaneConfig {
-            cgroup: cgroup.clone(),
-            pin_root: scratch.pin_root.clone(),
+            cgroup: scratch.cgroup().to_path_buf(),
+            pin_root: scratch.pin_root().to_path_buf(),
         })?;
         let backends: Vec<BackendSpec> = servers
             .iter()
@@ -586,17 +585,16 @@ impl Steering {
         Ok(Self {
             _dataplane: dataplane,
             scratch,
-            cgroup,
         })
     }
 
     /// Moves this process into the steered cgroup (sockets opened from now on are steered).
     fn enter(&self) -> anyhow::Result<()> {
-        Ok(dp_cgroup::join(&self.cgroup, 0)?)
+        Ok(self.scratch.enter()?)
     }
 
     fn leave(&self) -> anyhow::Result<()> {
-        Ok(dp_cgroup::join(&self.scratch.home, 0)?)
+        Ok(self.scratch.leave()?)
     }
 }
 

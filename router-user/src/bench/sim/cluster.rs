@@ -103,12 +103,7 @@ impl<'w> Cluster<'w> {
             })?;
         let servers: Vec<Server> = (0..config.servers)
             .map(|index| {
-                let slowdown = workload
-                    .cluster
-                    .slow
-                    .iter()
-                    .find(|(slow, _)| *slow as usize == index)
-                    .map(|&(_, slowdown)| slowdown);
+                let slowdown = workload.cluster.slowdown(index);
                 Server {
                     addr: server_addr(index),
                     engine: Engine::new(

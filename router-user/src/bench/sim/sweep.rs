@@ -245,12 +245,7 @@ pub fn model_capacity(workload: &Workload, config: &SimConfig) -> f64 {
     let service_us = (uncached * step.prefill_us_per_token + output * per_token) * profile.slowdown;
     (0..config.servers)
         .map(|index| {
-            let slowdown = workload
-                .cluster
-                .slow
-                .iter()
-                .find(|(slow, _)| *slow as usize == index)
-                .map_or(1.0, |&(_, slowdown)| slowdown);
+            let slowdown = workload.cluster.slowdown(index).unwrap_or(1.0);
             MICROS_PER_SEC as f64 / (service_us * slowdown).max(1.0)
         })
         .sum()

@@ -326,6 +326,16 @@ pub struct ClusterShape {
     pub slow: Vec<(u32, f64)>,
 }
 
+impl ClusterShape {
+    /// The slowdown of server `index`, when it is one of the slow ones.
+    pub fn slowdown(&self, index: usize) -> Option<f64> {
+        self.slow
+            .iter()
+            .find(|(slow, _)| *slow as usize == index)
+            .map(|&(_, slowdown)| slowdown)
+    }
+}
+
 /// A generated workload: requests, their arrival process, and the cluster shape.
 #[derive(Clone, Debug)]
 pub struct Workload {

@@ -183,6 +183,17 @@ impl NodeReportsService {
         directory: PoolDirectory,
         options: ReportsOptions,
     ) -> Result<Self, ReportsServiceError> {
+        Self::publishing_coverage(table, directory, options, watch::channel(HashSet::new()).0)
+    }
+
+    /// As [`NodeReportsService::new`], publishing the covered set into `covered` (the channel
+    /// the agent-less scraper already watches).
+    pub fn publishing_coverage(
+        table: Arc<EndpointTable>,
+        directory: PoolDirectory,
+        options: ReportsOptions,
+        covered: watch::Sender<HashSet<SocketAddr>>,
+    ) -> Result<Self, ReportsServiceError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| ReportsServiceError::NoRuntime)?;
         let now = options.clock.now();
@@ -195,7 +206,6 @@ impl NodeReportsService {
             &options.gpu_health,
         );
         let (weights_tx, weights) = watch::channel(Arc::new(initial));
-        let (covered, _) = watch::channel(HashSet::new());
         let core = Arc::new(Core {
             merger: Merger::new(table),
             directory,
